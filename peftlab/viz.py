@@ -16,3 +16,52 @@ def _fig(title: str, xaxis: str, yaxis: str, **layout) -> go.Figure:
     fig.update_layout(template=TEMPLATE, title=title, xaxis_title=xaxis, yaxis_title=yaxis,
                       margin=dict(l=60, r=20, t=50, b=50), **layout)
     return fig
+
+
+# --- notebook 01: low rank and LoRA ------------------------------------------------------------
+
+def spectrum_cut(s, r: int, title: str = "") -> go.Figure:
+    """Singular values σ_i (log scale): the top r kept by a rank-r approximation, the rest cut."""
+    s = [float(v) for v in s]
+    r = max(0, min(int(r), len(s)))
+    idx = list(range(1, len(s) + 1))
+    fig = _fig(title or f"singular values, cut at r = {r}", "index i", "σ_i (log)")
+    fig.add_scatter(x=idx[:r], y=s[:r], mode="lines", fill="tozeroy", name=f"kept (i ≤ {r})",
+                    line=dict(color="#1f77b4"))
+    fig.add_scatter(x=idx[r:], y=s[r:], mode="lines", fill="tozeroy", name="cut (i > r)",
+                    line=dict(color="#d62728"), opacity=0.5)
+    fig.add_vline(x=r + 0.5, line_dash="dash", line_color="black")
+    fig.update_yaxes(type="log")
+    return fig
+
+
+def curves(series: dict, title: str, xaxis: str, yaxis: str, log_x: bool = False,
+           log_y: bool = False) -> go.Figure:
+    """One line per entry of `series` {name: (x, y)} (e.g. spectra, energy or error against rank)."""
+    fig = _fig(title, xaxis, yaxis)
+    for name, (x, y) in series.items():
+        fig.add_scatter(x=[float(v) for v in x], y=[float(v) for v in y], mode="lines", name=str(name))
+    if log_x:
+        fig.update_xaxes(type="log")
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def ratio_bars(labels: list[str], ratios: list[float], title: str, yaxis: str = "× baseline") -> go.Figure:
+    """Bars of ratios against a baseline (the first bar is 1.0 by construction), with a line at 1."""
+    fig = _fig(title, "", yaxis)
+    fig.add_bar(x=list(labels), y=[float(v) for v in ratios], text=[f"{v:.2f}×" for v in ratios],
+                textposition="outside")
+    fig.add_hline(y=1.0, line_dash="dot", line_color="gray")
+    return fig
+
+
+def subspace_heatmap(phi, title: str, xaxis: str = "j (top-j directions, r = 64)",
+                     yaxis: str = "i (top-i directions, r = 8)") -> go.Figure:
+    """φ(i, j) of LoRA §7.2 as a heatmap, i and j counted from 1."""
+    z = [[float(v) for v in row] for row in phi]
+    fig = _fig(title, xaxis, yaxis)
+    fig.add_heatmap(z=z, x=list(range(1, len(z[0]) + 1)), y=list(range(1, len(z) + 1)),
+                    zmin=0, zmax=1, colorscale="Viridis", colorbar=dict(title="φ"))
+    return fig
