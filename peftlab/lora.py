@@ -284,3 +284,63 @@ LLAMA2_CONFIGS: dict[str, dict] = {
     "70B": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
                 num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False),
 }
+
+
+# --- exercise checkers (notebook 01) -------------------------------------------------------------
+
+def _exercise_tensors(r: int = 3):
+    g = torch.Generator().manual_seed(1)
+    x, W, b = torch.randn(4, 10, generator=g), torch.randn(6, 10, generator=g), torch.randn(6, generator=g)
+    return x, W, b, torch.randn(r, 10, generator=g), torch.randn(6, r, generator=g)  # A (r, in), B (out, r)
+
+
+def _verdict(got, ref, shape, hints: dict[str, torch.Tensor]) -> str | None:
+    if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(shape):
+        return f"expected a tensor of shape {tuple(shape)}, got {getattr(got, 'shape', type(got).__name__)}"
+    if torch.allclose(got, ref, atol=1e-5, rtol=1e-5):
+        return None
+    for why, wrong in hints.items():
+        if torch.allclose(got, wrong, atol=1e-5, rtol=1e-5):
+            return why
+    return f"values differ from the reference (max |diff| {float((got - ref).abs().max()):.3g})"
+
+
+def check_forward(fn) -> bool:
+    """Exercise: `fn(x, W, b, A, B, scaling)` = x Wᵀ + b + scaling · x Aᵀ Bᵀ. Prints why not."""
+    x, W, b, A, B = _exercise_tensors()
+    s = 2.5
+    ref = x @ W.T + b + s * (x @ A.T @ B.T)
+    hints = {"the LoRA branch is missing the scaling factor alpha/r": x @ W.T + b + x @ A.T @ B.T,
+             "the base bias b is missing": x @ W.T + s * (x @ A.T @ B.T),
+             "only the base layer is computed: add scaling · B(A x)": x @ W.T + b,
+             "only the LoRA branch is computed: add the frozen base W x + b": s * (x @ A.T @ B.T)}
+    try:
+        got = fn(x.clone(), W.clone(), b.clone(), A.clone(), B.clone(), s)
+    except Exception as err:  # the learner's code may raise anything
+        print(f"✗ raised {type(err).__name__}: {err} — shapes: x (batch, in), W (out, in), "
+              "A (r, in), B (out, r); the LoRA path is x @ A.T @ B.T")
+        return False
+    why = _verdict(got, ref, (4, 6), hints)
+    print(f"✗ {why}" if why else "✓ correct: matches x Wᵀ + b + scaling · x Aᵀ Bᵀ")
+    return why is None
+
+
+def check_merge(fn) -> bool:
+    """Exercise: `fn(W, A, B, alpha, r)` returns W + (alpha / r) · B A without changing W."""
+    _, W, _, A, B = _exercise_tensors(r=3)
+    alpha, r = 6.0, 3
+    ref = W + (alpha / r) * (B @ A)
+    hints = {"scaled by alpha instead of alpha / r": W + alpha * (B @ A),
+             "the update is not scaled: multiply B A by alpha / r": W + B @ A,
+             "returned W unchanged: add (alpha / r) · B @ A": W}
+    W_in = W.clone()
+    try:
+        got = fn(W_in, A.clone(), B.clone(), alpha, r)
+    except Exception as err:  # the learner's code may raise anything
+        print(f"✗ raised {type(err).__name__}: {err} — B (out, r) @ A (r, in) has W's shape (out, in)")
+        return False
+    why = _verdict(got, ref, tuple(W.shape), hints)
+    if why is None and not torch.equal(W_in, W):
+        why = "W was changed in place: return a new tensor (unmerge needs the original)"
+    print(f"✗ {why}" if why else "✓ correct: W + (alpha / r) · B A, W left untouched")
+    return why is None

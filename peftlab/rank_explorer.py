@@ -1,0 +1,161 @@
+"""Rank explorer: pick a weight matrix and a rank r, see what a rank-r approximation keeps.
+
+    error(r) = ‖W − W_r‖_F / ‖W‖_F = sqrt(Σ_{i>r} σ_i²) / ‖W‖_F,   LoRA params = r · (in + out)
+
+(Eckart–Young; LoRA, Hu et al. 2021, arXiv:2106.09685.) `RankExplorerModel` holds the logic
+(traitlets only, no widget imports) so pytest can drive it; `RankExplorer` is the ipywidgets
+view: a layer dropdown, a rank slider, a readout and the spectrum figure, updating live.
+Bad input (unknown layer, r out of range) shows a message in the readout, never a traceback.
+"""
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from traitlets import Dict, HasTraits, Int, List, Unicode, observe
+
+from . import lora, lowrank, viz
+
+
+def linear_weights(model: nn.Module, include_head: bool = False) -> dict[str, torch.Tensor]:
+    """{module name: weight (out, in)} of every nn.Linear in `model` (no copies)."""
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    return {n: m.weight for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and n and (include_head or m is not head)}
+
+
+class RankExplorerModel(HasTraits):
+    """The explorer's state and numbers. Set `layer` / `rank`; read `summary` and `message`."""
+
+    layers = List(Unicode())   # the selectable matrix names
+    layer = Unicode()          # the chosen one
+    rank = Int(8)              # r of the approximation / of a LoRA adapter on this layer
+    max_rank = Int(1)          # min(out, in) of the chosen matrix
+    summary = Dict()           # the numbers shown (empty while the input is invalid)
+    message = Unicode("")      # what is wrong with the input, and what to do ("" when fine)
+
+    def __init__(self, weights: Mapping[str, torch.Tensor], layer: str | None = None, rank: int = 8):
+        if not weights:
+            raise ValueError("weights is empty: pass {name: weight (out, in)}, e.g. "
+                             "rank_explorer.linear_weights(model)")
+        self._weights = dict(weights)
+        self._spectra: dict[str, torch.Tensor] = {}  # SVD is the slow part: once per layer
+        super().__init__(layers=list(self._weights))
+        with self.hold_trait_notifications():
+            self.layer = layer if layer is not None else self.layers[0]
+            self.rank = rank
+        self._update()
+
+    def spectrum(self, name: str | None = None) -> torch.Tensor:
+        name = name or self.layer
+        if name not in self._spectra:
+            self._spectra[name] = lowrank.spectrum(self._weights[name])
+        return self._spectra[name]
+
+    @observe("layer", "rank")
+    def _on_change(self, change) -> None:
+        with self.hold_trait_notifications():  # observers see summary and message together
+            self._update()
+
+    def _update(self) -> None:
+        if self.layer not in self._weights:
+            self.summary, self.message = {}, (
+                f"unknown layer {self.layer!r}: choose one of {', '.join(self.layers[:8])}"
+                + (" …" if len(self.layers) > 8 else ""))
+            return
+        out_f, in_f = self._weights[self.layer].shape
+        self.max_rank = min(out_f, in_f)
+        try:
+            lora.validate_rank(self.rank, in_f, out_f)
+        except ValueError as err:
+            self.summary, self.message = {}, str(err)
+            return
+        s, r = self.spectrum(), self.rank
+        self.message, self.summary = "", {
+            "layer": self.layer, "shape": (out_f, in_f), "rank": r, "max_rank": self.max_rank,
+            "error": lowrank.relative_error(s, r), "energy": lowrank.energy(s, r),
+            "lora_params": r * (in_f + out_f), "full_params": in_f * out_f,
+        }
+
+    def readout(self) -> str:
+        """One stable line of text with the numbers (or the message)."""
+        if self.message:
+            return f"⚠ {self.message}"
+        d = self.summary
+        pct = 100 * d["lora_params"] / d["full_params"]
+        return (f"{d['layer']} {d['shape'][0]}×{d['shape'][1]} · r = {d['rank']} of {d['max_rank']} · "
+                f"relative error ‖W−W_r‖/‖W‖ = {d['error']:.4f} · energy kept = {100 * d['energy']:.1f}% · "
+                f"LoRA params r·(in+out) = {d['lora_params']:,} vs full matrix {d['full_params']:,} "
+                f"({pct:.2f}%)")
+
+    def figure(self):
+        """The spectrum with the cut at r (a go.Figure), or None while the input is invalid."""
+        if self.message:
+            return None
+        d = self.summary
+        return viz.spectrum_cut(self.spectrum(), d["rank"],
+                                f"{d['layer']}: σ_i, cut at r = {d['rank']} (error {d['error']:.3f})")
+
+
+def _plotly_output(fig) -> dict:
+    """A display_data output for an ipywidgets Output: plotly's mime bundle, no kernel needed."""
+    import plotly.io as pio
+
+    spec = json.loads(pio.to_json(fig, validate=False))
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"application/vnd.plotly.v1+json": spec, "text/plain": f"<Figure: {fig.layout.title.text}>"}}
+
+
+try:
+    import ipywidgets as widgets
+except ImportError:  # pragma: no cover - the kit installs ipywidgets
+    widgets = None
+
+
+if widgets is not None:
+    class RankExplorer(widgets.VBox):
+        """Dropdown (layer) + slider (rank) → readout + spectrum figure. `display(view)` to show."""
+
+        def __init__(self, model: RankExplorerModel):
+            self.model = model
+            self.dropdown = widgets.Dropdown(options=model.layers, description="layer")
+            self.slider = widgets.IntSlider(min=1, max=model.max_rank, description="rank r",
+                                            continuous_update=True)
+            self.readout = widgets.HTML()
+            self.plot = widgets.Output()
+            self.dropdown.add_class("peftlab-layer-dropdown")
+            self.slider.add_class("peftlab-rank-slider")
+            self.readout.add_class("peftlab-rank-readout")
+            self.plot.add_class("peftlab-rank-plot")
+            # slider.max follows the matrix; set before linking the value so it is never clamped
+            widgets.dlink((model, "max_rank"), (self.slider, "max"))
+            # layer: a plain link would raise on a name the dropdown does not offer; the model
+            # accepts any string and shows the message instead
+            self.dropdown.value = model.layer if model.layer in model.layers else None
+            widgets.dlink((self.dropdown, "value"), (model, "layer"), lambda v: v or "")
+            model.observe(self._sync_layer, names="layer")
+            widgets.link((model, "rank"), (self.slider, "value"))
+            super().__init__([widgets.HBox([self.dropdown, self.slider]), self.readout, self.plot])
+            self.add_class("peftlab-rank-explorer")
+            self.figure = None
+            model.observe(self._render, names=["summary", "message"])
+            self._render()
+
+        def _sync_layer(self, change) -> None:
+            if change.new in self.dropdown.options:
+                self.dropdown.value = change.new
+
+        def _render(self, change=None) -> None:
+            text = self.model.readout()
+            self.readout.value = f"<span style='font-family:monospace'>{html.escape(text)}</span>"
+            fig = self.model.figure()
+            if fig is not None:  # keep the last good figure while the input is invalid
+                self.figure = fig
+                self.plot.outputs = (_plotly_output(fig),)
+
+        @classmethod
+        def from_model(cls, model: nn.Module, layer: str | None = None, rank: int = 8) -> "RankExplorer":
+            return cls(RankExplorerModel(linear_weights(model), layer=layer, rank=rank))
