@@ -194,6 +194,9 @@ def load_model(name: str | None = None, *, bits: int | None = None, quant_type: 
     if bits == 4:
         kwargs["quantization_config"] = bnb_config(quant_type, double_quant, compute_dtype or dtype)
         kwargs["device_map"] = {"": device if device == "cpu" else 0}
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a 2-second "Loading weights" bar is noise in a lesson
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*gemm_4bit_forward.*")
@@ -206,6 +209,8 @@ def load_model(name: str | None = None, *, bits: int | None = None, quant_type: 
             raise ModelError(f"the checkpoint at {source} is corrupted ({err}): run "
                              f"`{PREPARE_CMD} --force` to rebuild it") from None
         raise
+    finally:
+        hf_logging.enable_progress_bar()
     if bits is None:
         model.to(device)
     guard_4bit(model)
@@ -225,35 +230,30 @@ def load_tokenizer(name: str | None = None):
 # --- the bitsandbytes CPU guard -------------------------------------------------------------
 # bitsandbytes 0.50.2 on CPUs with AVX512-BF16: an eval-mode forward whose input does not need
 # grad repacks a Linear4bit weight for a CPU inference kernel and never unpacks it; later
-# training forwards then run an op with no autograd kernel, so no gradient reaches the layer's
-# input and LoRA in all earlier layers stops learning (../shared/FINDINGS.md). The hook below
-# unpacks the weight before any forward that may need gradients. Inference keeps the fast kernel.
-
-def _unpack_before_grad_forward(module: nn.Module, args) -> None:
-    qs = getattr(module.weight, "quant_state", None)
-    if qs is None or not getattr(qs, "packing_format_for_cpu", False):
-        return
-    needs_grad = module.training or (torch.is_grad_enabled() and any(
-        isinstance(a, torch.Tensor) and a.requires_grad for a in args))
-    if needs_grad:
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
-        module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
-            module.weight.data, qs)
-
+# training forwards then run an op with no autograd kernel, so the gradient to the layer's input
+# is lost or wrong and LoRA in all earlier layers stops learning (../shared/FINDINGS.md).
+# The guard turns that repacking off. We do not "unpack before training" instead: bitsandbytes'
+# inverse re-quantizes the double-quantized absmax, so the weights would silently change.
 
 def guard_4bit(model: nn.Module) -> int:
-    """Install the unpack-before-training hook on every bitsandbytes Linear4bit; return the count.
+    """Stop every bitsandbytes Linear4bit in `model` from repacking for CPU inference.
 
-    Idempotent. Works on a bare layer, a transformers model or a PEFT-wrapped model.
+    Returns the number of 4-bit layers guarded. Idempotent; works on a bare
+    layer, a transformers model or a PEFT-wrapped model. A layer that was
+    already repacked is converted back (best effort, see the note above).
     """
     bnb = import_bitsandbytes()
     n = 0
     for mod in model.modules():
-        if isinstance(mod, bnb.nn.Linear4bit) and not getattr(mod, "_peftlab_guarded", False):
-            mod.register_forward_pre_hook(_unpack_before_grad_forward)
-            mod._peftlab_guarded = True
-            n += 1
+        if not isinstance(mod, bnb.nn.Linear4bit):
+            continue
+        mod.support_avx512bf16_for_cpu = False  # the switch Linear4bit.forward checks
+        qs = getattr(mod.weight, "quant_state", None)
+        if qs is not None and getattr(qs, "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            mod.weight.data, mod.weight.quant_state = _convert_weight_packed_for_cpu_inverse(mod.weight.data, qs)
+        n += 1
     return n
 
 
