@@ -65,3 +65,14 @@ def subspace_heatmap(phi, title: str, xaxis: str = "j (top-j directions, r = 64)
     fig.add_heatmap(z=z, x=list(range(1, len(z[0]) + 1)), y=list(range(1, len(z) + 1)),
                     zmin=0, zmax=1, colorscale="Viridis", colorbar=dict(title="φ"))
     return fig
+
+
+def footprint_bars(named_bytes: dict[str, int], title: str = "Memory") -> go.Figure:
+    """One bar per setting, height in MB, labelled with MB and the share of the first bar."""
+    names = list(named_bytes)
+    mb = [named_bytes[n] / 1e6 for n in names]
+    base = mb[0] if mb and mb[0] else 1.0
+    fig = _fig(title, "", "MB")
+    fig.add_bar(x=names, y=mb, text=[f"{v:.1f} MB ({v / base:.0%})" for v in mb], textposition="outside")
+    fig.update_yaxes(range=[0, max(mb + [0]) * 1.2])
+    return fig
