@@ -8,6 +8,8 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.peftlab-installed
 PORT    ?= 8888
+# Jupyter refuses root unless told; containers, Colab-like VMs and CI run as root.
+ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -31,7 +33,7 @@ browser:
 	@bash scripts/install_browser.sh
 
 lab: setup
-	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) --ServerApp.root_dir=notebooks
+	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) $(ROOTFLAG) --ServerApp.root_dir=notebooks
 
 test: setup browser
 	PEFTLAB_PROFILE=smoke $(VENV)/bin/pytest --nbval-lax --nbval-current-env tests notebooks
