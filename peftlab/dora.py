@@ -16,6 +16,7 @@ weight states and counts the bytes autograd saves (the §4.3 norm detach).
 from __future__ import annotations
 
 import re
+import weakref
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
@@ -246,21 +247,25 @@ class MDRecorder(TrainerCallback):
 
 @contextmanager
 def saved_tensor_bytes(exclude: Iterable[Tensor] = ()) -> Iterator[dict]:
-    """Count the bytes autograd saves for backward inside the block, each storage once.
+    """Count the bytes autograd holds for backward when the block exits, each storage once.
 
-    Tensors in `exclude` (pass the model's parameters) are not activations and are skipped.
+    Run the forward inside the block and keep its output: what a freed branch of the graph
+    saved (e.g. a result used only detached) is gone by then and is not counted. Tensors in
+    `exclude` (pass the model's parameters) are not activations and are skipped.
     Yields a dict whose "bytes" and "tensors" are filled when the block exits.
     """
     skip = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: dict[int, int] = {}
+    saved: list[tuple[weakref.ref, int, int]] = []
     box = {"bytes": 0, "tensors": 0}
 
     def pack(t: Tensor) -> Tensor:
-        s = t.untyped_storage()  # the graph keeps t alive, so a storage address is not reused
+        s = t.untyped_storage()
+        t = t.detach()  # same storage; returning t itself would tie a saved output to its own grad_fn
         if s.data_ptr() not in skip:
-            seen[s.data_ptr()] = s.nbytes()
-        return t
+            saved.append((weakref.ref(t), s.data_ptr(), s.nbytes()))
+        return t  # the graph holds t; our weak reference dies with that part of the graph
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield box
-    box["bytes"], box["tensors"] = sum(seen.values()), len(seen)
+    alive = {ptr: n for ref, ptr, n in saved if ref() is not None}
+    box["bytes"], box["tensors"] = sum(alive.values()), len(alive)

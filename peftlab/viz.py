@@ -76,3 +76,41 @@ def footprint_bars(named_bytes: dict[str, int], title: str = "Memory") -> go.Fig
     fig.add_bar(x=names, y=mb, text=[f"{v:.1f} MB ({v / base:.0%})" for v in mb], textposition="outside")
     fig.update_yaxes(range=[0, max(mb + [0]) * 1.2])
     return fig
+
+
+# --- notebook 03: DoRA ---------------------------------------------------------------------------
+
+def magnitude_by_layer(mags: dict, title: str = "DoRA magnitude m = ‖W‖_c per output row") -> go.Figure:
+    """One box per layer of the row norms {layer: values (out,)}: the magnitudes DoRA starts from."""
+    fig = _fig(title, "layer", "‖W_row‖₂")
+    for layer, values in mags.items():
+        fig.add_box(y=[float(v) for v in values], name=str(layer), boxpoints=False,
+                    marker_color="#1f77b4", showlegend=False)
+    return fig
+
+
+def delta_md_scatter(rows_by_method: dict, ours: dict, paper: dict,
+                     title: str = "ΔM against ΔD (DoRA paper, Fig. 2)") -> go.Figure:
+    """One panel per method: a point per (checkpoint, layer) with ΔD on x and ΔM on y, coloured by step.
+
+    rows_by_method: {method: [{"step", "layer", "dM", "dD"}, ...]}; ours / paper: {method: correlation}.
+    """
+    from plotly.subplots import make_subplots
+
+    methods = list(rows_by_method)
+    names = [f"{m}: r = {ours.get(m, float('nan')):+.2f} (paper {paper[m]:+.2f})" if m in paper
+             else f"{m}: r = {ours.get(m, float('nan')):+.2f}" for m in methods]
+    fig = make_subplots(rows=1, cols=len(methods), subplot_titles=names, horizontal_spacing=0.08)
+    steps = sorted({r["step"] for rows in rows_by_method.values() for r in rows}) or [0]
+    for i, m in enumerate(methods, start=1):
+        rows = rows_by_method[m]
+        fig.add_scatter(x=[r["dD"] for r in rows], y=[r["dM"] for r in rows], mode="markers",
+                        text=[f"step {r['step']}, layer {r['layer']}" for r in rows], name=m,
+                        marker=dict(color=[r["step"] for r in rows], colorscale="Viridis", cmin=steps[0],
+                                    cmax=steps[-1], size=6, showscale=i == len(methods),
+                                    colorbar=dict(title="step")),
+                        showlegend=False, row=1, col=i)
+        fig.update_xaxes(title_text="ΔD (mean 1 − cos)", exponentformat="e", row=1, col=i)
+    fig.update_yaxes(title_text="ΔM (mean |Δ‖row‖|)", exponentformat="e", row=1, col=1)
+    fig.update_layout(template=TEMPLATE, title=title, margin=dict(l=60, r=20, t=80, b=50))
+    return fig

@@ -177,6 +177,7 @@ def test_saved_tensor_bytes_counts_activations_only():
     x = torch.randn(4, 8, requires_grad=True)
     with dora.saved_tensor_bytes(exclude=[w]) as s:
         y = x @ w
+        _ = (x * 2).exp().detach()  # a branch freed at once: its saved tensors are not counted
     assert s["bytes"] == x.numel() * 4 and s["tensors"] == 1
     y.sum().backward()
 
@@ -250,3 +251,15 @@ def test_md_recorder_and_correlation():
         dora.MDRecorder(model, "nope")
     with pytest.raises(ValueError):
         dora.MDRecorder(model, "q_proj", every=0)
+
+
+def test_figures_carry_the_data():
+    from peftlab import viz
+    rows = {"full": [{"step": s, "layer": i, "dM": 0.1 * s, "dD": 0.01 * i} for s in (1, 2) for i in (0, 1)],
+            "lora": [{"step": 1, "layer": 0, "dM": 0.2, "dD": 0.02}]}
+    fig = viz.delta_md_scatter(rows, {"full": -0.5, "lora": 0.3}, {"full": -0.62, "lora": 0.83})
+    assert [len(t.x) for t in fig.data] == [4, 1]
+    assert list(fig.data[0].y) == [r["dM"] for r in rows["full"]]
+    assert "paper -0.62" in fig.layout.annotations[0].text and "+0.83" in fig.layout.annotations[1].text
+    box = viz.magnitude_by_layer({0: [1.0, 2.0], 1: [3.0]})
+    assert [list(t.y) for t in box.data] == [[1.0, 2.0], [3.0]]
