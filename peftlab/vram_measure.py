@@ -11,6 +11,7 @@ random token ids of the chosen length: memory depends on shapes, not on words.
 from __future__ import annotations
 
 import warnings
+import weakref
 from dataclasses import replace
 
 import torch
@@ -64,6 +65,7 @@ def measure(name: str | None = None, settings: vram.Settings | None = None, **kw
     quant = s.method in ("qlora", "qdora")
     base = _base(name, 4 if quant else None, s.dtype, s.double_quant)
     device = next(base.parameters()).device
+    base.set_attn_implementation(s.attn)
     if s.method == "full":
         model = base
         for p in model.parameters():
@@ -97,12 +99,11 @@ def _step(model, s: vram.Settings, device) -> dict:
     trainable = [p for p in model.parameters() if p.requires_grad]
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     params |= {b.untyped_storage().data_ptr() for b in model.buffers()}
-    saved: dict[int, int] = {}
+    refs: list = []                     # weak: a graph branch that dies before backward frees its tensors
 
     def pack(t):
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            saved[st.data_ptr()] = st.nbytes()
+        if t.untyped_storage().data_ptr() not in params:
+            refs.append(weakref.ref(t))
         return t
 
     gen = torch.Generator().manual_seed(0)
@@ -116,13 +117,14 @@ def _step(model, s: vram.Settings, device) -> dict:
         warnings.simplefilter("ignore")
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = model(input_ids=ids, labels=ids).loss
+        activations = _storage_bytes([t for t in (r() for r in refs) if t is not None])
         loss.backward()
         opt.step()
     grads = _storage_bytes([p.grad for p in trainable if p.grad is not None])
     states = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
     out = {"weights": models.footprint_bytes(model) - _storage_bytes(trainable),
            "trainable params": _storage_bytes(trainable), "gradients": grads,
-           "optimizer": _storage_bytes(states), "activations": sum(saved.values())}
+           "optimizer": _storage_bytes(states), "activations": activations}
     if cuda:
         out["peak_allocated"] = torch.cuda.max_memory_allocated()
     opt.zero_grad(set_to_none=True)

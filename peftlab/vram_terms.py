@@ -98,7 +98,7 @@ def _params(a: V.Arch, s: V.Settings, st: V.Stack) -> tuple[dict, list[int]]:
         per_block = [i * o for i, o in lin.values()] + [a.hidden] * (1 if a.shared_norm else 2)
         per_block += [o for n, (_, o) in lin.items() if a.bias or (a.qkv_bias and n[0] in "qkv")]
         tensors = per_block * a.layers + [a.vocab * a.hidden] * (1 if a.tied else 2) + [a.hidden]
-        return {"weights": 0, "trainable": weights}, tensors
+        return {"weights": rope, "trainable": weights - rope}, tensors
     dims = {**lin, "lm_head": (a.hidden, a.vocab)}
     tensors = []
     for t in s.targets:
@@ -119,8 +119,9 @@ def _optimizer(s: V.Settings, tensors: list[int], pbytes: int) -> int:
     return sum(2 * n + 8 * math.ceil(n / 256) if n >= 4096 else 8 * n for n in tensors) + 2 * 256 * 4
 
 
-def _block(a: V.Arch, s: V.Settings, st: V.Stack, r_in: bool, T: int) -> tuple[dict, bool]:
-    """Saved storages of one block (bytes per token) and whether its output requires grad."""
+def _block(a: V.Arch, s: V.Settings, st: V.Stack, r_in: bool, T: int) -> tuple[dict, int, bool]:
+    """Saved storages of one block (bytes per token), bytes saved once per step, and whether the
+    block's output requires grad (r_in: whether its input does)."""
     full, quant = s.method == "full", s.method in ("qlora", "qdora")
     x = 4 if (quant and st.kbit_fp32_stream) else V.DTYPES[s.dtype]   # stream / activation bytes
     ad = 4 if st.adapter_fp32 else x                                    # adapter dtype
@@ -129,6 +130,7 @@ def _block(a: V.Arch, s: V.Settings, st: V.Stack, r_in: bool, T: int) -> tuple[d
     tg = set(s.targets)
     keep_in = quant and st.bnb_keeps_input                      # old bnb: 4-bit matmul saves input
     saved: dict[str, int] = {}
+    per_step: dict[str, int] = {}          # saved once per step, not per token (DoRA)
 
     def norm(key_in, key_out, req):
         if not req:
@@ -163,23 +165,27 @@ def _block(a: V.Arch, s: V.Settings, st: V.Stack, r_in: bool, T: int) -> tuple[d
                 saved[key] = d_in * x
             width = len(tg & set(names)) if m == "qkv" else 1
             saved[m + "_A"] = s.rank * width * ad
-            if "dora" in s.method:
+            if "dora" in s.method:                           # base and LoRA results, for |m|'s grad
                 saved[m + "_dora"] = a.linears()[m][1] * (ad + x)
+                per_step[m] = 2 * a.linears()[m][1] * ad        # per step: ‖W+sBA‖ and m/‖·‖
 
     norm("x_in", "n1", r_in)
     linear_in(["q_proj", "k_proj", "v_proj"], "n1", h, r_in)
-    r_att = r_in or full or bool(tg & {"q_proj", "k_proj", "v_proj"})
-    if r_att:
+    rq, rk, rv = (r_in or full or n in tg for n in ("q_proj", "k_proj", "v_proj"))
+    r_att = rq or rk or rv
+    if r_att and s.attn == "eager":        # matmul keeps each operand only for the other's grad
+        k_rep = q if kv != q else kv
+        saved.update({"q_rot": q * x} if rk else {}, **({"k_rep": k_rep * x} if rq else {}))
+        if rq or rk:
+            saved.update(probs=a.heads * T * 4, v_rep=k_rep * x)
+        if rv:
+            saved["probs" if x == 4 else "probs_cast"] = a.heads * T * x
+    elif r_att:                            # SDPA keeps q, k, v, out and the log-sum-exp
         k_sdpa = q if (st.fused_qkv and kv != q) else kv
-        if s.attn == "eager":
-            k_rep = q if kv != q else kv
-            saved.update(q_rot=q * x, k_rep=k_rep * x, v_rep=k_rep * x, probs=a.heads * T * 4)
-            if x != 4:
-                saved["probs_cast"] = a.heads * T * x
-        else:
-            saved.update(q_rot=q * x, k_rot=k_sdpa * x, out=q * x, lse=a.heads * 4)
-            saved["qkv" if st.fused_qkv and kv == q else "v"] = (q + 2 * kv if st.fused_qkv and kv == q else k_sdpa) * x
-    o_key = "out" if st.fused_qkv and s.attn == "sdpa" else "attn_out"
+        saved.update(q_rot=q * x, k_rot=k_sdpa * x, out=q * x, lse=a.heads * 4)
+        mha_view = st.fused_qkv and kv == q                     # Lit-GPT: v is a view of fused qkv
+        saved["qkv" if mha_view else "v"] = (q + 2 * kv if mha_view else k_sdpa) * x
+    o_key = "out" if s.attn == "sdpa" else "attn_out"           # SDPA's output is already (B,T,h)
     linear_in(["o_proj"], o_key, q, r_att)
     r_att = r_att or "o_proj" in tg
     r_mid = r_in or r_att
@@ -197,7 +203,7 @@ def _block(a: V.Arch, s: V.Settings, st: V.Stack, r_in: bool, T: int) -> tuple[d
     if r_fc:
         saved.update({"fc_out": i * x, "act_out": i * x, "up_out": i * x} if a.gated else {"fc_out": i * x})
     linear_in(["down_proj"], "mid", i, r_fc)
-    return saved, r_fc or "down_proj" in tg or r_mid
+    return saved, sum(per_step.values()), r_fc or "down_proj" in tg or r_mid
 
 
 def estimate(model, settings: V.Settings | None = None, **kw) -> V.Estimate:
@@ -210,8 +216,8 @@ def estimate(model, settings: V.Settings | None = None, **kw) -> V.Estimate:
     x = 4 if (quant and st.kbit_fp32_stream) else V.DTYPES[s.dtype]
     par, tensors = _params(a, s, st)
     pbytes = V.DTYPES[s.dtype] if s.method == "full" else (4 if st.adapter_fp32 else x)
-    first, r = _block(a, s, st, s.method == "full", T)
-    rest, r_out = _block(a, s, st, r, T)
+    first, ps_first, r = _block(a, s, st, s.method == "full", T)
+    rest, ps_rest, r_out = _block(a, s, st, r, T)
     if s.grad_ckpt:                                               # keep only each block's input
         blocks = a.layers * a.hidden * x
         blocks_detail = {"block inputs (checkpoints)": N * blocks}
@@ -223,12 +229,15 @@ def estimate(model, settings: V.Settings | None = None, **kw) -> V.Estimate:
     head = (head_in * a.hidden + 4) if r_out else 0                # final norm
     if s.method == "full" or (head_q and st.bnb_keeps_input):      # lm_head keeps its input
         head += a.hidden * x
+    if s.method == "full":                                         # final norm's normalized x, ids
+        head += (a.hidden * x if a.rmsnorm and st.rms_fp32_copy else 0) + 8
     if "lm_head" in s.targets:                                     # LoRA on lm_head keeps (a cast of) it
         head += a.hidden * (4 if st.adapter_fp32 else x) + s.rank * (4 if st.adapter_fp32 else x)
     head += a.vocab * (4 if st.fp32_loss else x) + 8               # log-softmax kept by the loss, labels
     rope = 2 * T * a.hd * x if st.name == "hf" and not s.grad_ckpt else 0   # cos, sin (batch 1)
-    act = N * (blocks + head) + rope + 4                           # + the loss scalar
-    detail = {**blocks_detail, "head and loss": N * head, "rope tables": rope}
+    per_step = 0 if s.grad_ckpt else ps_first + (a.layers - 1) * ps_rest
+    act = N * (blocks + head) + rope + per_step + 4                # + the loss scalar
+    detail = {**blocks_detail, "head and loss": N * head, "rope tables": rope, "DoRA per step": per_step}
     # temporaries: logits held through backward + the larger of the loss backward and one block's
     logits = N * a.vocab * x
     loss_bwd = 2 * N * a.vocab * 4 if st.fp32_loss else 2 * min(N, 128 * s.batch) * a.vocab * x
