@@ -114,3 +114,26 @@ def delta_md_scatter(rows_by_method: dict, ours: dict, paper: dict,
     fig.update_yaxes(title_text="ΔM (mean |Δ‖row‖|)", exponentformat="e", row=1, col=1)
     fig.update_layout(template=TEMPLATE, title=title, margin=dict(l=60, r=20, t=80, b=50))
     return fig
+
+
+# --- VRAM planner (notebook 05) -----------------------------------------------------------
+
+def vram_stacked(breakdowns: dict, title: str = "Predicted peak memory", unit: float = 1e9) -> go.Figure:
+    """Stacked bars: one bar per label, one segment per breakdown term ({label: {term: bytes}})."""
+    fig = _fig(title, "", "GB" if unit == 1e9 else "GiB", barmode="stack")
+    labels = list(breakdowns)
+    terms = list(dict.fromkeys(k for b in breakdowns.values() for k in b))
+    for term in terms:
+        fig.add_bar(name=term, x=labels, y=[breakdowns[lab].get(term, 0) / unit for lab in labels])
+    return fig
+
+
+def predicted_vs_measured(labels: list[str], predicted: list[float], measured: list[float],
+                          title: str = "Estimator vs measured peak", unit: str = "GB") -> go.Figure:
+    """Scatter of predicted against measured with the y = x line; hover shows the row label."""
+    fig = _fig(title, f"measured ({unit})", f"predicted ({unit})")
+    hi = max(list(predicted) + list(measured)) * 1.05
+    fig.add_scatter(x=[0, hi], y=[0, hi], mode="lines", name="y = x", line=dict(dash="dash", color="grey"))
+    fig.add_scatter(x=list(measured), y=list(predicted), mode="markers", name="rows", text=list(labels),
+                    hovertemplate="%{text}<br>measured %{x:.2f}<br>predicted %{y:.2f}<extra></extra>")
+    return fig
