@@ -110,6 +110,8 @@ class JupyterLab:
                f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
                "--LabApp.news_url=", "--LabApp.extension_manager=readonly",
+               # opening a notebook writes a checkpoint: keep it out of notebooks/
+               f"--FileCheckpoints.checkpoint_dir={tmp / 'checkpoints'}",
                "--ServerApp.terminals_enabled=False"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.append("--allow-root")  # CI and containers run as root
@@ -230,6 +232,11 @@ _PLOT_STATE_JS = """
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
 
 
+def numbers(text: str) -> list[str]:
+    """The numbers a readout shows, in order ("r = 8 of 576 · 9,216" -> ['8', '576', '9,216'])."""
+    return re.findall(r"\d+(?:[.,]\d+)*", text)
+
+
 class NotebookDriver:
     """Drive one open notebook tab (a Playwright `Page`) the way a learner would."""
 
@@ -309,12 +316,12 @@ class NotebookDriver:
 
     def wait_changed(self, readout: Any, scope: Any, text_before: str, plot_before: str,
                      timeout: float = 30.0) -> tuple[str, str]:
-        """Wait until both the readout text and the figure differ from before; return them."""
+        """Wait until the readout's numbers and the figure both differ from before; return them."""
         deadline = time.monotonic() + timeout
         text, plot = text_before, plot_before
         while time.monotonic() < deadline:
             text, plot = readout.inner_text(), self.plot_state(scope)
-            if text != text_before and plot and plot != plot_before:
+            if numbers(text) != numbers(text_before) and plot and plot != plot_before:
                 return text, plot
             time.sleep(0.25)
         return text, plot
