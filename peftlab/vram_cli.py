@@ -4,22 +4,13 @@
                      --seq-len 1304 --batch 1 [--grad-ckpt] [--json]
 
 `add_estimate_parser(subparsers)` registers the subcommand; `peftlab/cli.py` calls it.
-Bad input raises ValueError, which cli.main prints as one line with exit code 2.
+Sizes are checked by `vram.estimate`, which raises ValueError; cli.main prints it as one
+line with exit code 2 (argparse's own usage errors also exit 2).
 """
 from __future__ import annotations
 
 import argparse
 import json
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def add_estimate_parser(subparsers) -> argparse.ArgumentParser:
@@ -31,11 +22,11 @@ def add_estimate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help=f"a preset ({', '.join(vram.PRESETS)}) or a path to a config.json")
     p.add_argument("--method", default="lora", choices=vram.METHODS)
-    p.add_argument("--rank", type=_positive, default=8, help="LoRA rank (ignored for full)")
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank (ignored for full)")
     p.add_argument("--targets", default="q_proj,v_proj",
                    help="comma-separated linear names, lm_head and all-linear allowed (ignored for full)")
-    p.add_argument("--seq-len", type=_positive, default=512)
-    p.add_argument("--batch", type=_positive, default=1)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch", type=int, default=1)
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
     p.add_argument("--optimizer", default="adamw", choices=vram.OPTIMIZERS)
     p.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=True,

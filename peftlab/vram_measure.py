@@ -37,6 +37,14 @@ def _base(name, bits, dtype, double_quant):
     return _BASES[key]
 
 
+def _checkpointing(model, on: bool) -> None:
+    """transformers ≥5 renames gradient_ to activation_checkpointing; use whichever exists."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    verb = "enable" if on else "disable"
+    fn = getattr(base, f"activation_checkpointing_{verb}", None) or getattr(base, f"gradient_checkpointing_{verb}")
+    fn()
+
+
 def _storage_bytes(tensors) -> int:
     seen = {}
     for t in tensors:
@@ -80,14 +88,14 @@ def measure(name: str | None = None, settings: vram.Settings | None = None, **kw
             model = get_peft_model(base, cfg)
         models.guard_4bit(model)
     if s.grad_ckpt:
-        model.gradient_checkpointing_enable()
+        _checkpointing(model, True)
         model.enable_input_require_grads()
     model.train()
     try:
         return _step(model, s, device)
     finally:
         if s.grad_ckpt:
-            model.gradient_checkpointing_disable()
+            _checkpointing(model, False)
         if s.method == "full":
             for p in base.parameters():
                 p.requires_grad_(False)
@@ -140,3 +148,36 @@ def compare(settings: vram.Settings, name: str | None = None) -> dict:
     row.update({f"meas {k}": v for k, v in meas.items()})
     row["activation error"] = est.breakdown["activations"] / meas["activations"] - 1
     return row
+
+
+# Published peaks that calibrate the estimator (FINDINGS.md): Lit-GPT resource tables, A100,
+# bf16-true, LoRA r=8 α=16 on q,v, dropout 0.05, AdamW (PagedAdamW when 4-bit), no checkpointing,
+# first step on the longest sample; metric torch.cuda.max_memory_allocated()/1e9.
+LITGPT_PEAKS = [  # (model, quant, micro-batch, longest sample, peak GB)
+    ("phi-1.5", "none", 1, 1044, 4.82), ("phi-1.5", "none", 2, 1044, 6.76),
+    ("phi-1.5", "none", 4, 1044, 10.68), ("phi-1.5", "nf4", 1, 1044, 3.78),
+    ("phi-1.5", "nf4+dq", 1, 1044, 3.72),
+    ("stablelm-alpha-3b", "none", 1, 1034, 9.69), ("stablelm-alpha-3b", "none", 2, 1034, 12.10),
+    ("stablelm-alpha-3b", "none", 4, 1034, 16.92), ("stablelm-alpha-3b", "nf4", 1, 1034, 6.35),
+    ("stablelm-alpha-3b", "nf4+dq", 1, 1034, 6.19),
+    ("llama-2-7b", "none", 1, 1304, 21.30), ("llama-2-7b", "none", 2, 1304, 29.07),
+    ("llama-2-7b", "nf4", 1, 1304, 14.14), ("llama-2-7b", "nf4+dq", 1, 1304, 13.84),
+]
+
+
+def litgpt_settings(quant: str, batch: int, seq_len: int) -> vram.Settings:
+    """The settings of one Lit-GPT row, spelled in the estimator's terms (the same for every row)."""
+    return vram.Settings(method="lora" if quant == "none" else "qlora", rank=8, targets=("q_proj", "v_proj"),
+                         seq_len=seq_len, batch=batch, dtype="bf16", double_quant=quant == "nf4+dq",
+                         lora_dropout=0.05, optimizer="adamw" if quant == "none" else "paged_adamw_32bit",
+                         device="cuda", stack="litgpt")
+
+
+def calibration() -> list[dict]:
+    """Every published row with the prediction (peak allocated, GB) and the relative error."""
+    rows = []
+    for model, quant, batch, seq, peak in LITGPT_PEAKS:
+        pred = vram.estimate(model, litgpt_settings(quant, batch, seq)).peak_allocated / vram.GB
+        rows.append({"model": model, "quant": quant, "batch": batch, "seq_len": seq,
+                     "measured GB": peak, "predicted GB": round(pred, 2), "error": pred / peak - 1})
+    return rows
