@@ -137,3 +137,101 @@ def predicted_vs_measured(labels: list[str], predicted: list[float], measured: l
     fig.add_scatter(x=list(measured), y=list(predicted), mode="markers", name="rows", text=list(labels),
                     hovertemplate="%{text}<br>measured %{x:.2f}<br>predicted %{y:.2f}<extra></extra>")
     return fig
+
+
+# --- notebook 02: NF4 quantization --------------------------------------------------------------
+
+def distribution_vs_normal(centers, density, title: str, log_y: bool = True) -> go.Figure:
+    """A histogram (bin centres, density) of standardized values against the N(0, 1) density."""
+    import math
+
+    x = [float(v) for v in centers]
+    fig = _fig(title, "(w − mean) / std", "density" + (" (log)" if log_y else ""))
+    fig.add_bar(x=x, y=[float(v) for v in density], name="weights", marker_color="#1f77b4",
+                opacity=0.7, width=(x[1] - x[0]) if len(x) > 1 else None)
+    fig.add_scatter(x=x, y=[math.exp(-v * v / 2) / math.sqrt(2 * math.pi) for v in x], mode="lines",
+                    name="N(0, 1)", line=dict(color="#d62728"))
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def code_levels(codes: dict, title: str = "The 16 levels of each 4-bit data type") -> go.Figure:
+    """One row of markers per data type {name: levels in [−1, 1]}."""
+    fig = _fig(title, "level (× block absmax)", "")
+    for name, levels in codes.items():
+        vals = sorted({round(float(v), 6) for v in levels})
+        fig.add_scatter(x=vals, y=[str(name)] * len(vals), mode="markers+text", name=str(name),
+                        text=[f"{v:.2f}" for v in vals], textposition="top center", textfont=dict(size=8),
+                        marker=dict(size=9, symbol="line-ns-open", line=dict(width=2)), showlegend=False)
+    return fig
+
+
+def levels_histogram(centers, counts, levels, title: str) -> go.Figure:
+    """Histogram of w / block absmax with a dashed line at each code level (the block explorer)."""
+    x = [float(v) for v in centers]
+    fig = _fig(title, "w / absmax of its block", "weights")
+    fig.add_bar(x=x, y=[float(v) for v in counts], name="weights", marker_color="#1f77b4",
+                width=(x[1] - x[0]) if len(x) > 1 else None)
+    for v in sorted({round(float(v), 6) for v in levels}):
+        fig.add_vline(x=v, line_dash="dash", line_color="#d62728", line_width=1)
+    fig.update_xaxes(range=[-1.05, 1.05])
+    return fig
+
+
+def grouped_bars(categories: list[str], series: dict, title: str, yaxis: str,
+                 fmt: str = "{:.3f}") -> go.Figure:
+    """Grouped bars: one group per category, one bar per series {name: values}."""
+    fig = _fig(title, "", yaxis, barmode="group")
+    for name, values in series.items():
+        vals = [float(v) for v in values]
+        fig.add_bar(name=str(name), x=list(categories), y=vals, text=[fmt.format(v) for v in vals],
+                    textposition="outside")
+    return fig
+
+
+# --- notebook 06: the showdown -----------------------------------------------------------------
+
+METHOD_COLORS = {"full": "#7f7f7f", "lora": "#1f77b4", "qlora": "#2ca02c", "dora": "#d62728",
+                 "qdora": "#9467bd"}
+
+
+def score_vs_cost(rows, cost: str, xaxis: str, title: str, scale: float = 1.0,
+                  log_x: bool = False) -> go.Figure:
+    """Held-out exact match (mean ± std over seeds) against a cost (memory, s/step): one marker per method.
+
+    rows: dicts with method, exact_match, exact_match_std and the `cost` key; x = row[cost] * scale.
+    """
+    fig = _fig(title, xaxis, "held-out exact match")
+    for row in rows:
+        m = row["method"]
+        fig.add_scatter(x=[row[cost] * scale], y=[row["exact_match"]], mode="markers+text",
+                        text=[m], textposition="top center", name=m,
+                        marker=dict(size=14, color=METHOD_COLORS.get(m, "#17becf")),
+                        error_y=dict(type="data", array=[row.get("exact_match_std", 0.0)], visible=True))
+    fig.update_yaxes(range=[-0.05, 1.05])
+    if log_x:
+        fig.update_xaxes(type="log")
+    return fig
+
+
+def memory_stack(rows, title: str = "where the training memory goes (counted)") -> go.Figure:
+    """Stacked bars per method: weights, gradients, optimizer states, saved activations (MiB)."""
+    parts = ("weights", "gradients", "optimizer", "activations")
+    colors = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+    fig = _fig(title, "method", "MiB", barmode="stack")
+    names = [row["method"] for row in rows]
+    for part, color in zip(parts, colors):
+        fig.add_bar(x=names, y=[row[f"mem_{part}"] / 2**20 for row in rows], name=part, marker_color=color)
+    return fig
+
+
+def rank_sweep(series: dict, title: str = "rank sweep: held-out exact match against r") -> go.Figure:
+    """One line per method {name: (ranks, scores)} on a log2 rank axis."""
+    fig = _fig(title, "rank r (log₂)", "held-out exact match")
+    for name, (ranks, scores) in series.items():
+        fig.add_scatter(x=list(ranks), y=list(scores), mode="lines+markers", name=name,
+                        line=dict(color=METHOD_COLORS.get(name, None)))
+    fig.update_xaxes(type="log", tickvals=sorted({r for rs, _ in series.values() for r in rs}))
+    fig.update_yaxes(range=[-0.05, 1.05])
+    return fig
