@@ -181,3 +181,14 @@ def calibration() -> list[dict]:
         rows.append({"model": model, "quant": quant, "batch": batch, "seq_len": seq,
                      "measured GB": peak, "predicted GB": round(pred, 2), "error": pred / peak - 1})
     return rows
+
+
+def cuda_check(seq_len: int = 512, batch: int = 2) -> str:
+    """On a CUDA GPU: predicted peak vs torch.cuda.max_memory_allocated() for a bf16 LoRA step."""
+    if not torch.cuda.is_available():
+        return "no CUDA GPU here: the max_memory_allocated comparison runs in the gpu profile"
+    s = vram.Settings(method="lora", dtype="bf16", seq_len=seq_len, batch=batch, device="cuda")
+    meas = measure(None, s)["peak_allocated"]
+    pred = vram.estimate("embedded", s).peak_allocated
+    return (f"bf16 LoRA {batch}×{seq_len}: predicted peak {pred / 1e6:.0f} MB, "
+            f"max_memory_allocated {meas / 1e6:.0f} MB ({100 * (pred / meas - 1):+.1f}%)")
