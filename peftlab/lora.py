@@ -117,6 +117,15 @@ def copy_from_peft(layer: LoRALinear, peft_layer: nn.Module, adapter: str = "def
     layer.lora_B.weight.copy_(peft_layer.lora_B[adapter].weight)
 
 
+def copy_from_peft_model(model: nn.Module, peft_model: nn.Module, adapter: str = "default") -> int:
+    """copy_from_peft for every LoRALinear of `model` from the same-named layer of a PeftModel."""
+    inner = peft_model.base_model.model
+    layers = lora_layers(model)
+    for name, layer in layers.items():
+        copy_from_peft(layer, inner.get_submodule(name), adapter)
+    return len(layers)
+
+
 # --- targets and injection -----------------------------------------------------------------------
 
 def _matches(name: str, target: str) -> bool:
