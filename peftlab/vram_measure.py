@@ -10,6 +10,7 @@ random token ids of the chosen length: memory depends on shapes, not on words.
 """
 from __future__ import annotations
 
+import gc
 import warnings
 import weakref
 from dataclasses import replace
@@ -125,6 +126,7 @@ def _step(model, s: vram.Settings, device) -> dict:
         warnings.simplefilter("ignore")
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = model(input_ids=ids, labels=ids).loss
+        gc.collect()                    # a dead branch caught in a reference cycle is not "kept"
         activations = _storage_bytes([t for t in (r() for r in refs) if t is not None])
         loss.backward()
         opt.step()
