@@ -43,7 +43,7 @@ LOG="${TMPDIR:-/tmp}/peftlab-install-browser.log"
 echo "install_browser: installing Debian chromium (apt-get update, then install; log in $LOG)"
 if { $SUDO apt-get update -qq \
      && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-          chromium fonts-dejavu-core; } >"$LOG" 2>&1; then
+          chromium fonts-dejavu-core fonts-noto-color-emoji; } >"$LOG" 2>&1; then
   if path=$(find_chromium); then
     echo "install_browser: chromium installed at $path ($("$path" --version 2>/dev/null || echo 'version unknown'))"
     exit 0

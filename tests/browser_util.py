@@ -175,7 +175,9 @@ class JupyterLab:
         return json.loads(body) if body else None
 
     def url(self, notebook: str) -> str:
-        return f"{self.base}/lab/tree/{notebook}?token={self.token}"
+        """The notebook in a workspace of its own (nothing restored from an earlier tab)."""
+        ws = re.sub(r"[^A-Za-z0-9-]", "-", notebook)
+        return f"{self.base}/lab/workspaces/{ws}/tree/{notebook}?token={self.token}"
 
     def kernel_states(self) -> list[str]:
         return [s["kernel"]["execution_state"] for s in self.api("GET", "/api/sessions")]
@@ -260,44 +262,51 @@ class NotebookDriver:
         self.page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(timeout=timeout * 1000)
         # The toolbar says "idle" before any kernel exists; the server's session only turns
         # idle after the page asked for it, so wait for the server first, then the page.
+        panels = self.page.locator(".jp-NotebookPanel").count()
+        assert panels == 1, f"{self.name}: expected one open notebook, found {panels}"
         lab.wait_kernels_idle(timeout=timeout)
         self.page.locator('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for(
             timeout=timeout * 1000)
 
-    def run_until_visible(self, selector: str, n_cells: int, timeout: float = 120.0) -> Any:
-        """Shift+Enter from the first cell on, one cell at a time, until `selector` shows.
+    def run_until_visible(self, selector: str, n_cells: int, only: list[int] | None = None,
+                          timeout: float = 120.0) -> Any:
+        """Run code cells in order, as a learner would, until `selector` shows; return it.
 
-        `n_cells` is the notebook's cell count (cells render progressively, so the
-        DOM is waited for). Each code cell must finish ([n] prompt) before the next
-        runs; a traceback in a cell's output fails at once with that output.
-        Returns the widget's locator.
+        Each cell is selected (click on its prompt) and run with Ctrl+Enter; it must
+        finish ([n] prompt) before the next one, and a traceback in its output fails
+        at once with that output. `only`: indices of the cells to run (default: all,
+        from the top). `n_cells` is the notebook's cell count: cells render
+        progressively, so the DOM is waited for first.
         """
         page = self.page
         cells = page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell")
-        page.wait_for_function(f"() => document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell').length >= {n_cells}",
-                               timeout=30_000)
+        page.wait_for_function(
+            f"() => document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell').length >= {n_cells}",
+            timeout=30_000)
         target = page.locator(selector).first
-        cells.first.locator(".jp-InputPrompt").first.click()
-        page.keyboard.press("Escape")  # command mode
         deadline = time.monotonic() + timeout
-        for i in range(n_cells):
+        for i in (range(n_cells) if only is None else only):
             cell = cells.nth(i)
-            cls = cell.get_attribute("class") or ""
-            assert "jp-mod-active" in cls, f"{self.name}: expected cell {i} to be the active one"
-            page.keyboard.press("Shift+Enter")
-            if "jp-CodeCell" not in cls:
-                continue
+            if "jp-CodeCell" not in (cell.get_attribute("class") or ""):
+                continue  # markdown is rendered on open
+            cell.locator(".jp-InputPrompt").first.click()
+            page.keyboard.press("Control+Enter")
             left = max(1.0, deadline - time.monotonic())
-            page.wait_for_function(
-                "(c) => /\\[\\d+\\]/.test((c.querySelector('.jp-InputPrompt') || {}).textContent || '')",
-                arg=cell.element_handle(), timeout=left * 1000)
+            try:
+                page.wait_for_function(
+                    "(c) => /\\[\\d+\\]/.test((c.querySelector('.jp-InputPrompt') || {}).textContent || '')",
+                    arg=cell.element_handle(), timeout=left * 1000)
+            except Exception as err:
+                raise AssertionError(f"{self.name}: cell {i} still running after {timeout:.0f} s in all "
+                                     f"(steps so far: {self.timings})") from err
             self.mark(f"cell {i}")
             out = cell.inner_text()
             if TRACEBACK.search(out):
                 raise AssertionError(f"{self.name}: cell {i} raised before the widget showed:\n{out[-3000:]}")
             if target.count() and target.is_visible():
                 return target
-        raise AssertionError(f"{self.name}: ran all {n_cells} cells, no element matches {selector!r}")
+        raise AssertionError(f"{self.name}: ran cells {list(only or range(n_cells))}, "
+                             f"no element matches {selector!r}")
 
     def cell_of(self, widget: Any) -> Any:
         """The notebook cell that holds `widget` (its figure may sit beside the widget box)."""
