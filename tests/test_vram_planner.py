@@ -25,6 +25,12 @@ def test_impossible_settings_give_a_message_not_an_exception():
     assert m.message == "" and m.estimate is not None
     m.targets = "q_proj,nope"
     assert "unknown target" in m.message
+    m.targets = "q_proj,v_proj"
+    for name, bad in (("seq_len", 0), ("batch", -2)):
+        setattr(m, name, bad)
+        assert name in m.message and m.estimate is None
+        setattr(m, name, 1)
+    assert m.message == ""
 
 
 def test_view_controls_drive_the_readout_and_the_figure():
