@@ -98,3 +98,26 @@ def test_cuda_peak_matches_max_memory_allocated(embedded_ready):
     pred = vram.estimate("smollm2-135m", s).peak_allocated
     assert meas["peak_allocated"] == pytest.approx(pred, rel=0.2)
     assert torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("preset, cfg", [
+    ("phi-1.5", {"model_type": "phi", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
+                 "num_attention_heads": 32, "vocab_size": 51200, "hidden_act": "gelu_new",
+                 "layer_norm_eps": 1e-5, "tie_word_embeddings": False}),
+    ("stablelm-alpha-3b", {"model_type": "gpt_neox", "hidden_size": 4096, "intermediate_size": 16384,
+                           "num_hidden_layers": 16, "num_attention_heads": 32, "vocab_size": 50688,
+                           "hidden_act": "gelu", "use_parallel_residual": True, "tie_word_embeddings": False}),
+    ("qwen2.5-0.5b", {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
+                      "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+                      "vocab_size": 151936, "hidden_act": "silu", "rms_norm_eps": 1e-6,
+                      "tie_word_embeddings": True}),
+])
+def test_hf_configs_of_other_families_parse_like_the_presets(tmp_path, preset, cfg):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert replace_name(vram.from_config(path)) == replace_name(vram.PRESETS[preset])
+
+
+def replace_name(arch):
+    from dataclasses import replace
+    return replace(arch, name="")
