@@ -23,13 +23,13 @@ _TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.fl
 _BASES: dict = {}   # (name, bits, dtype, double_quant) -> loaded base model, reused across grid points
 
 
-def _base(name, bits, dtype, double_quant):
-    key = (name, bits, dtype, double_quant)
+def _base(name, bits, dtype, double_quant, device):
+    key = (name, bits, dtype, double_quant, device)
     if key not in _BASES:
         _BASES.clear()  # keep one base in memory at a time
         td = _TORCH_DTYPES[dtype]
         model = models.load_model(name, bits=bits, dtype=td, compute_dtype=td, double_quant=double_quant,
-                                  device="cuda" if torch.cuda.is_available() else "cpu")
+                                  device=device)
         if bits == 4:
             from peft import prepare_model_for_kbit_training
 
@@ -66,13 +66,17 @@ def _optimizer(name: str, params):
 
 
 def measure(name: str | None = None, settings: vram.Settings | None = None, **kw) -> dict:
-    """One real training step with `settings`; returns the measured breakdown (bytes)."""
-    s = replace(settings or vram.Settings(), **kw)
+    """One real training step with `settings` on `settings.device` (cpu or cuda); returns the
+    measured breakdown in bytes (+ "peak_allocated" on CUDA)."""
+    s = replace(settings or vram.Settings(device="cpu"), **kw)
+    if s.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("no CUDA GPU here: measure with device='cpu' (saved-tensor accounting)")
     arch = vram.resolve(name or "embedded") if name in (None, "embedded") else vram.from_config(
         models.resolve_source(name))
     s = vram.estimate(arch, s).settings            # validated, targets normalized
     quant = s.method in ("qlora", "qdora")
-    base = _base(name, 4 if quant else None, s.dtype, s.double_quant)
+    key = (name, 4 if quant else None, s.dtype, s.double_quant, s.device)
+    base = _base(*key)
     device = next(base.parameters()).device
     base.set_attn_implementation(s.attn)
     if s.method == "full":
@@ -101,7 +105,7 @@ def measure(name: str | None = None, settings: vram.Settings | None = None, **kw
             for p in base.parameters():
                 p.requires_grad_(False)
         else:
-            _BASES[(name, 4 if quant else None, s.dtype, s.double_quant)] = model.unload()
+            _BASES[key] = model.unload()
 
 
 def _step(model, s: vram.Settings, device) -> dict:
@@ -143,9 +147,10 @@ def _step(model, s: vram.Settings, device) -> dict:
 
 
 def compare(settings: vram.Settings, name: str | None = None) -> dict:
-    """Predicted and measured side by side, with the relative activation error."""
-    meas = measure(name, replace(settings, device="cuda" if torch.cuda.is_available() else "cpu"))
-    est = vram.estimate(name or "embedded", replace(settings, device="cpu", stack="hf"))
+    """Predicted and measured (on CPU, where every saved byte is deterministic) side by side."""
+    s = replace(settings, device="cpu", stack="hf")
+    meas = measure(name, s)
+    est = vram.estimate(name or "embedded", s)
     row = {f"pred {k}": est.breakdown[k] for k in meas if k in est.breakdown}
     row.update({f"meas {k}": v for k, v in meas.items()})
     row["activation error"] = est.breakdown["activations"] / meas["activations"] - 1

@@ -94,7 +94,7 @@ def test_measurement_on_the_embedded_model(embedded_ready, kw):
 @pytest.mark.gpu
 def test_cuda_peak_matches_max_memory_allocated(embedded_ready):
     s = vram.Settings(method="lora", dtype="bf16", seq_len=512, batch=2)
-    meas = vram_measure.measure(None, s)
+    meas = vram_measure.measure(None, s)                         # device="cuda" (the default)
     pred = vram.estimate("smollm2-135m", s).peak_allocated
     assert meas["peak_allocated"] == pytest.approx(pred, rel=0.2)
     assert torch.cuda.is_available()
