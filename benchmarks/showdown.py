@@ -1,0 +1,75 @@
+"""Rerun the whole showdown measurement (notebook 06) and write it to a JSON file.
+
+    HF_HUB_OFFLINE=1 PEFTLAB_PROFILE=cpu .venv/bin/python benchmarks/showdown.py
+        -> results/showdown_cpu.json  (5 methods x 3 seeds + LoRA/DoRA rank sweep; <= 20 min on 2 quiet cores)
+
+The profile picks the sizes (peftlab.showdown.plan). Defaults: cpu/gpu write
+results/showdown_<profile>.json (committed, so notebook 06 re-renders in seconds);
+smoke writes artifacts/showdown_smoke.json (git-ignored). --out overrides the path.
+
+On a machine shared with other work, n processes can split the runs and be joined:
+    benchmarks/showdown.py --shard 0/2 &  benchmarks/showdown.py --shard 1/2;  benchmarks/showdown.py --merge
+(each shard writes <out>.part<i>.json; --merge joins every part file of the profile into <out>).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_out(profile: str) -> Path:
+    return ROOT / ("artifacts" if profile == "smoke" else "results") / f"showdown_{profile}.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", choices=("smoke", "cpu", "gpu"), default=None,
+                    help="run profile (default: $PEFTLAB_PROFILE, else cpu/gpu by hardware)")
+    ap.add_argument("--out", type=Path, default=None, help="results file (default: see above)")
+    ap.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i (default 0/1: all)")
+    ap.add_argument("--merge", action="store_true", help="join the <out>.part*.json shard files into <out>")
+    args = ap.parse_args(argv)
+    i, n = (int(x) for x in args.shard.split("/"))
+    if args.profile:
+        os.environ["PEFTLAB_PROFILE"] = args.profile
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    from peftlab import settings, showdown
+
+    hf_logging.set_verbosity_error()
+    prof = settings.profile()
+    out = args.out or default_out(prof.name)
+    plan = showdown.plan(prof)
+    if args.merge:
+        parts = sorted(out.parent.glob(out.stem + ".part*.json"))
+        res = showdown.merge(parts, out)
+        print(f"merged {len(parts)} shard(s), {len(res['runs'])} runs -> {out}")
+        _report(showdown, res, plan)
+        return 0
+    if n > 1:
+        out = out.with_name(f"{out.stem}.part{i}.json")
+    print(f"profile {prof.name} ({prof.device}, {prof.compute_dtype}): {len(plan.configs())} runs -> {out}",
+          flush=True)
+    t0 = time.perf_counter()
+    res = showdown.run_all(plan, out, log=lambda s: print(s, flush=True), shard=(i, n))
+    print(f"done in {time.perf_counter() - t0:.0f} s; wrote {out}")
+    _report(showdown, res, plan)
+    return 0
+
+
+def _report(showdown, res: dict, plan) -> None:
+    for row in showdown.summary(res, r=plan.r):
+        print(f"  {row['method']:5s} EM {row['exact_match']:.2f} ± {row['exact_match_std']:.2f}  "
+              f"{row['median_step_s']:.2f} s/step  {row['mem_counted'] / 2**20:.0f} MiB counted")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
