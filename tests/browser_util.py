@@ -180,18 +180,21 @@ class JupyterLab:
         return f"{self.base}/lab/workspaces/{ws}/tree/{notebook}?token={self.token}"
 
     def kernel_states(self) -> list[str]:
-        return [s["kernel"]["execution_state"] for s in self.api("GET", "/api/sessions")]
+        return [s["kernel"]["execution_state"] for s in self.api("GET", "/api/sessions", timeout=30)]
 
     def wait_kernels_idle(self, timeout: float = 60.0) -> None:
         """Wait until every kernel reports idle twice in a row (the server tracks iopub status)."""
-        deadline, streak = time.monotonic() + timeout, 0
+        deadline, streak, states = time.monotonic() + timeout, 0, []
         while time.monotonic() < deadline:
-            states = self.kernel_states()
+            try:
+                states = self.kernel_states()
+            except OSError:  # a busy machine can make the server slow to answer: ask again
+                states = []
             streak = streak + 1 if states and all(s == "idle" for s in states) else 0
             if streak >= 2:
                 return
             time.sleep(0.25)
-        raise TimeoutError(f"kernels not idle after {timeout:.0f} s: {self.kernel_states()}")
+        raise TimeoutError(f"kernels not idle after {timeout:.0f} s: {states}")
 
     def shutdown_sessions(self) -> None:
         for s in self.api("GET", "/api/sessions"):
