@@ -215,8 +215,16 @@ def dequantize_4bit(q: Quant4) -> torch.Tensor:
 
 def fake_quantize(w: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64,
                   double_quant: bool = False) -> torch.Tensor:
-    """dequantize(quantize(w)): the weight a 4-bit model computes with, in w's dtype."""
-    return dequantize_4bit(quantize_4bit(w, blocksize, quant_type, double_quant))
+    """dequantize(quantize(w)): the weight a 4-bit model computes with, in w's dtype.
+
+    Same values as dequantize_4bit(quantize_4bit(...)), without packing the codes.
+    """
+    check_input(w, blocksize)
+    code = code_for(quant_type)
+    idx, absmax = quantize_blockwise(w, code, blocksize)
+    if double_quant:
+        absmax = double_dequantize(double_quantize(absmax))
+    return dequantize_blockwise(idx, absmax, code, blocksize).view(w.shape).to(w.dtype)
 
 
 def constant_bits(blocksize: int = 64, double_quant: bool = False, dq_blocksize: int = DQ_BLOCKSIZE) -> float:
@@ -234,19 +242,20 @@ def error_stats(w: torch.Tensor, w_hat: torch.Tensor) -> dict[str, float]:
 # --- on a model ----------------------------------------------------------------------------
 
 def fake_quantize_model(model: nn.Module, quant_type: str = "nf4", blocksize: int = 64,
-                        double_quant: bool = False) -> int:
+                        double_quant: bool = False) -> dict[str, dict[str, float]]:
     """Replace every nn.Linear weight except the output head by its 4-bit round trip, in place.
 
-    The same layers transformers' BitsAndBytesConfig quantizes. Returns the number of layers.
+    The same layers transformers' BitsAndBytesConfig quantizes. Returns {layer: error_stats}.
     """
     head = getattr(model, "get_output_embeddings", lambda: None)()
-    n = 0
+    errors = {}
     with torch.no_grad():
-        for mod in model.modules():
+        for name, mod in model.named_modules():
             if isinstance(mod, nn.Linear) and mod is not head:
-                mod.weight.copy_(fake_quantize(mod.weight, quant_type, blocksize, double_quant))
-                n += 1
-    return n
+                w_hat = fake_quantize(mod.weight, quant_type, blocksize, double_quant)
+                errors[name] = error_stats(mod.weight, w_hat)
+                mod.weight.copy_(w_hat)
+    return errors
 
 
 def quant_state_bits(model: nn.Module) -> dict[str, float]:

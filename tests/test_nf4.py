@@ -132,6 +132,14 @@ def test_pack_unpack_round_trip():
         nf4.pack_4bit(idx[:3])
 
 
+@pytest.mark.parametrize("quant_type", nf4.QUANT_TYPES)
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_fake_quantize_equals_the_packed_round_trip(quant_type, double_quant):
+    w = (torch.randn(48, 80) * 0.05).to(torch.bfloat16)
+    q = nf4.quantize_4bit(w, 128, quant_type, double_quant)
+    assert torch.equal(nf4.fake_quantize(w, quant_type, 128, double_quant), nf4.dequantize_4bit(q))
+
+
 def test_int4_round_trip_error_is_at_most_half_a_step():
     w = torch.randn(4096)
     q = nf4.quantize_4bit(w, 64, "int4")
@@ -211,8 +219,10 @@ def test_fake_quantize_model_replaces_linear_weights():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64))
     before = net[2].weight.detach().clone()
-    assert nf4.fake_quantize_model(net, "int4") == 2
+    errors = nf4.fake_quantize_model(net, "int4")
+    assert list(errors) == ["0", "2"]
     assert torch.equal(net[2].weight, nf4.fake_quantize(before, "int4"))
+    assert errors["2"] == nf4.error_stats(before, net[2].weight)
     assert not torch.equal(net[2].weight, before)
 
 
