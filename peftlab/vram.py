@@ -164,7 +164,7 @@ class Stack:
     """Facts about the code that runs; each changes which bytes autograd keeps."""
     name: str
     adapter_fp32: bool       # PEFT autocast_adapter_dtype: adapters fp32, inputs cast per module
-    rms_fp32_copy: bool      # HF RMSNorm upcasts its input and saves that fp32 copy
+    rms_fp32_copy: bool      # RMSNorm upcasts its input to fp32 and autograd keeps that copy
     kbit_fp32_stream: bool   # prepare_model_for_kbit_training upcasts embeddings/norms: fp32 stream
     quantize_lm_head: bool   # 4-bit also replaces lm_head (Lit-GPT/Fabric) or keeps it 16-bit (HF)
     bnb_keeps_input: bool    # bitsandbytes MatMul4Bit saves its input A (≤0.4x) or not (0.50 here)
@@ -174,7 +174,7 @@ class Stack:
 
 STACKS = {
     "hf": Stack("hf", True, True, True, False, False, False, True),
-    "litgpt": Stack("litgpt", False, False, False, True, True, True, False),
+    "litgpt": Stack("litgpt", False, True, False, True, True, True, False),  # litgpt RMSNorm: x.float()
 }
 
 

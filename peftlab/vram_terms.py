@@ -185,7 +185,9 @@ def _block(a: V.Arch, s: V.Settings, st: V.Stack, r_in: bool, T: int) -> tuple[d
         saved.update(q_rot=q * x, k_rot=k_sdpa * x, out=q * x, lse=a.heads * 4)
         mha_view = st.fused_qkv and kv == q                     # Lit-GPT: v is a view of fused qkv
         saved["qkv" if mha_view else "v"] = (q + 2 * kv if mha_view else k_sdpa) * x
-    o_key = "out" if s.attn == "sdpa" else "attn_out"           # SDPA's output is already (B,T,h)
+    # o_proj reads SDPA's output transposed to (B, T, h): the CPU kernel allocates it in that
+    # layout (a view, same storage); CUDA flash/mem-efficient allocate it like q (a copy)
+    o_key = "out" if s.attn == "sdpa" and s.device == "cpu" else "attn_out"
     linear_in(["o_proj"], o_key, q, r_att)
     r_att = r_att or "o_proj" in tg
     r_mid = r_in or r_att
