@@ -3,7 +3,7 @@
 `JupyterLab` starts `jupyter lab` on a free loopback port with a random token, an
 empty settings/workspace folder (no news pop-ups, no windowed notebook) and
 PEFTLAB_PROFILE=smoke, and always stops it, kernels included. `NotebookDriver`
-runs a notebook's cells one by one in the real UI (Shift+Enter) until a widget
+runs a notebook's cells one by one in the real UI (Ctrl+Enter) until a widget
 appears, and reads what a learner sees: readout text and the plotly figure's
 data. Nothing here downloads a browser: Playwright drives Debian's chromium
 through `executable_path` (scripts/install_browser.sh installs it).

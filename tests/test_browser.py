@@ -3,10 +3,11 @@
 nbval proves the cells run; it cannot see a widget. For each widget notebook this
 test starts JupyterLab on a free loopback port with a token (PEFTLAB_PROFILE=smoke),
 opens the notebook in Debian's chromium driven by Playwright, runs the cells one
-by one up to the widget, then moves a slider (arrow key on its handle) and picks
-another dropdown entry. It compares what the page shows before and after each
-move: the readout's text and a fingerprint of the plotly figure's data and
-layout (as rendered in the DOM) must both change. Screenshots go to
+by one up to the widget (01: every cell from the top; 05: the imports cell, then
+the planner cell), then moves a slider (arrow key on its handle) and picks another
+dropdown entry. It compares what the page shows before and after each move: the
+numbers in the readout and a fingerprint of the plotly figure's data and layout
+(as rendered in the DOM) must both change. Screenshots go to
 artifacts/browser/ (git-ignored). The server and its kernels are always stopped.
 
 Enable: `bash scripts/install_browser.sh` (Debian chromium) and `pip install playwright`
