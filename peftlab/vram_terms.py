@@ -61,6 +61,8 @@ def _validate(a: V.Arch, s: V.Settings) -> V.Settings:
         raise ValueError(f"lora_dropout must be in [0, 1), got {s.lora_dropout}")
     if s.method == "full":
         return replace(s, targets=())
+    if s.stack == "litgpt" and "dora" in s.method:
+        raise ValueError("the litgpt stack models LoRA and QLoRA only: use stack='hf' for DoRA")
     targets = normalize_targets(a, s.targets)
     if not isinstance(s.rank, int) or s.rank <= 0:
         raise ValueError(f"rank must be a positive integer, got {s.rank!r}")
@@ -190,7 +192,7 @@ def _block(a: V.Arch, s: V.Settings, st: V.Stack, r_in: bool, T: int) -> tuple[d
     o_key = "out" if s.attn == "sdpa" and s.device == "cpu" else "attn_out"
     linear_in(["o_proj"], o_key, q, r_att)
     r_att = r_att or "o_proj" in tg
-    r_mid = r_in or r_att
+    r_mid = r_in if a.parallel else (r_in or r_att)             # does the MLP's input need grad?
     if a.parallel and a.shared_norm:
         n2 = "n1"
     elif a.parallel:
@@ -205,7 +207,7 @@ def _block(a: V.Arch, s: V.Settings, st: V.Stack, r_in: bool, T: int) -> tuple[d
     if r_fc:
         saved.update({"fc_out": i * x, "act_out": i * x, "up_out": i * x} if a.gated else {"fc_out": i * x})
     linear_in(["down_proj"], "mid", i, r_fc)
-    return saved, sum(per_step.values()), r_fc or "down_proj" in tg or r_mid
+    return saved, sum(per_step.values()), r_in or r_att or r_fc or "down_proj" in tg
 
 
 def estimate(model, settings: V.Settings | None = None, **kw) -> V.Estimate:
