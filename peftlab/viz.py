@@ -235,3 +235,29 @@ def rank_sweep(series: dict, title: str = "rank sweep: held-out exact match agai
     fig.update_xaxes(type="log", tickvals=sorted({r for rs, _ in series.values() for r in rs}))
     fig.update_yaxes(range=[-0.05, 1.05])
     return fig
+
+
+# --- notebook 04: a full QLoRA fine-tune ---------------------------------------------------------
+
+def loss_curve(series: dict, title: str = "training loss", log_y: bool = True) -> go.Figure:
+    """Training loss against optimizer step, one line per run {name: (steps, losses)}.
+
+    Works with empty lists (the live plot's first frame); log y because loss falls by orders of magnitude.
+    """
+    fig = _fig(title, "optimizer step", "loss (answer tokens)")
+    for name, (steps, losses) in series.items():
+        fig.add_scatter(x=[int(s) for s in steps], y=[float(v) for v in losses], mode="lines+markers",
+                        marker_size=4, name=str(name))
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def before_after_fields(before: dict, after: dict, title: str = "per-field accuracy on the test split",
+                        labels: tuple[str, str] = ("before", "after")) -> go.Figure:
+    """Grouped bars of per-field scores {field: share correct} before and after training (0–1)."""
+    keys = list(after) or list(before)
+    fig = grouped_bars(keys, {labels[0]: [before.get(k, 0.0) for k in keys],
+                              labels[1]: [after.get(k, 0.0) for k in keys]}, title, "share correct", "{:.2f}")
+    fig.update_yaxes(range=[0, 1.15])
+    return fig
