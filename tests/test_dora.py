@@ -46,9 +46,9 @@ def make_pair(r, alpha, dtype, bias, rslora, dropout=0.0, in_f=IN, out_f=OUT, cl
     cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=["lin"], use_dora=True, use_rslora=rslora,
                      init_lora_weights=False, lora_dropout=dropout)
     theirs = get_peft_model(holder, cfg).base_model.model.lin
-    with torch.no_grad():  # m ≠ ‖W + sBA‖ so that m/‖V‖ ≠ 1 and the magnitude matters
+    with torch.no_grad():  # m ≠ ‖W + sBA‖ so that m/‖V‖ ≠ 1 and the magnitude matters (m stays > 0)
         m = theirs.lora_magnitude_vector["default"].weight
-        m.mul_(1 + 0.3 * torch.randn(m.shape))
+        m.mul_(torch.empty(m.shape).uniform_(0.5, 1.5))
     ours = cls(copy.deepcopy(base), r, alpha, dropout=dropout, use_rslora=rslora)
     return theirs, ours
 
