@@ -67,6 +67,9 @@ class DoRALinear(lora.LoRALinear):
                  detach_norm: bool = True) -> None:
         # LoRALinear validates base, r and dropout (the same messages as LoRA) and builds A, B
         super().__init__(base, r, alpha, dropout=dropout, use_rslora=use_rslora, adapter_dtype=adapter_dtype)
+        if not base.weight.dtype.is_floating_point:  # e.g. bitsandbytes Linear4bit (an nn.Linear subclass)
+            raise ValueError("DoRALinear needs a dense floating-point base weight to take its norm; for "
+                             "QDoRA use PEFT's use_dora=True on a 4-bit model (peftlab.train method='qdora')")
         self.detach_norm = detach_norm
         with torch.no_grad():  # m starts at ‖W + sBA‖_c, so W' == W + sBA at initialisation
             m = self.weight_norm().detach().clone()

@@ -194,6 +194,10 @@ def test_validation_is_shared_with_lora():
         dora.DoRALinear(nn.Conv1d(2, 2, 1), 2, 4)
     with pytest.raises(ValueError, match="dropout"):
         dora.DoRALinear(base, 2, 4, dropout=1.5)
+    int_base = nn.Linear(IN, OUT)
+    int_base.weight = nn.Parameter(torch.zeros(OUT, IN, dtype=torch.uint8), requires_grad=False)  # packed 4-bit
+    with pytest.raises(ValueError, match="qdora"):
+        dora.DoRALinear(int_base, 2, 4)
 
 
 def test_inject_with_dora_layer():
