@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="run profile (default: $PEFTLAB_PROFILE, else cpu/gpu by hardware)")
     ap.add_argument("--out", type=Path, default=None, help="results file (default: see above)")
     ap.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i (default 0/1: all)")
+    ap.add_argument("--runs", default=None, help="comma-separated positions in the plan's run list (a shard by hand)")
     ap.add_argument("--merge", action="store_true", help="join the <out>.part*.json shard files into <out>")
     args = ap.parse_args(argv)
     i, n = (int(x) for x in args.shard.split("/"))
@@ -54,12 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"merged {len(parts)} shard(s), {len(res['runs'])} runs -> {out}")
         _report(showdown, res, plan)
         return 0
-    if n > 1:
+    runs = [int(k) for k in args.runs.split(",")] if args.runs else None
+    if runs is not None:
+        out = out.with_name(f"{out.stem}.part-runs{'-'.join(map(str, runs))}.json")
+    elif n > 1:
         out = out.with_name(f"{out.stem}.part{i}.json")
     print(f"profile {prof.name} ({prof.device}, {prof.compute_dtype}): {len(plan.configs())} runs -> {out}",
           flush=True)
     t0 = time.perf_counter()
-    res = showdown.run_all(plan, out, log=lambda s: print(s, flush=True), shard=(i, n))
+    res = showdown.run_all(plan, out, log=lambda s: print(s, flush=True), shard=(i, n), runs=runs)
     print(f"done in {time.perf_counter() - t0:.0f} s; wrote {out}")
     _report(showdown, res, plan)
     return 0

@@ -16,6 +16,7 @@ Public API (benchmarks/showdown.py and notebook 06 call these):
     MemoryMeter(model): TrainerCallback                    counts the memory terms while training
     run_one(cfg, eval_n, workdir) -> dict                  one training run, all its numbers
     run_all(plan, out_path, log=print) -> dict             every run, written to JSON as it goes
+    merge(parts, out_path) -> dict;  missing(results, plan) -> [(method, r, seed)]
     load(path) -> dict;  summary(results, r=None) -> list[dict]   mean ± std per (method, r)
 The verdicts against the seed's claims live in `ledger`.
 """
@@ -201,11 +202,11 @@ def run_one(cfg: train.TrainConfig, eval_n: int, workdir: str | Path, max_new_to
 
 
 def run_all(p: Plan, out_path: str | Path, log: Callable[[str], None] = print,
-            shard: tuple[int, int] = (0, 1)) -> dict:
+            shard: tuple[int, int] = (0, 1), runs: list[int] | None = None) -> dict:
     """Run the whole plan; the JSON at out_path is rewritten after every run (a crash keeps the rest).
 
     shard=(i, n) runs only every n-th run starting at i (n processes share a busy machine's
-    cores); `merge` joins the shards' files into one results file.
+    cores); runs=[k, ...] runs only those positions of p.configs(); `merge` joins the files.
     """
     i0, n = shard
     if not 0 <= i0 < n:
@@ -219,7 +220,7 @@ def run_all(p: Plan, out_path: str | Path, log: Callable[[str], None] = print,
                 started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                 gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, shard=[i0, n])
     results = dict(meta=meta, runs=[])
-    cfgs = p.configs()[i0::n]
+    cfgs = [p.configs()[k] for k in runs] if runs is not None else p.configs()[i0::n]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="showdown-") as tmp:
         for i, cfg in enumerate(cfgs, 1):
@@ -240,9 +241,20 @@ def merge(parts: list[str | Path], out_path: str | Path) -> dict:
         raise ValueError("the shards were run with different plans: rerun them with one profile")
     meta = dict(res[0]["meta"], shard=None, processes=len(res), wall_s=max(r["meta"]["wall_s"] for r in res),
                 load_avg_end=res[-1]["meta"].get("load_avg_end"))
-    out = dict(meta=meta, runs=[run for r in res for run in r["runs"]])
+    seen, runs = set(), []
+    for run in (run for r in res for run in r["runs"]):
+        key = (run["method"], run["r"], run["seed"])
+        runs += [] if key in seen else [run]   # a run measured twice (overlapping shards) counts once
+        seen.add(key)
+    out = dict(meta=meta, runs=runs)
     Path(out_path).write_text(json.dumps(out, indent=1))
     return out
+
+
+def missing(results: dict, p: Plan) -> list[tuple[str, int, int]]:
+    """(method, r, seed) of the plan's runs that the results do not hold (an unfinished measurement)."""
+    have = {(x["method"], x["r"], x["seed"]) for x in results["runs"]}
+    return [(c.method, c.r, c.seed) for c in p.configs() if (c.method, c.r, c.seed) not in have]
 
 
 def _loadavg() -> float | None:

@@ -117,3 +117,21 @@ def test_one_real_run_counts_its_memory(embedded_ready, tmp_path):
     assert row["mem_activations"] > 0 and row["steps"] == 1
     assert row["mem_counted"] == sum(row[f"mem_{k}"] for k in ("weights", "gradients", "optimizer", "activations"))
     assert math.isfinite(row["median_step_s"]) and 0 <= row["exact_match"] <= 1
+
+
+def test_merge_joins_shards_and_counts_a_run_once(tmp_path):
+    import json
+
+    meta = dict(plan={"r": 8}, wall_s=10.0)
+    a = dict(meta=meta, runs=[_run("lora", 0, 0.5, 1, 1.0), _run("dora", 0, 0.6, 1, 1.0)])
+    b = dict(meta=dict(meta, wall_s=30.0), runs=[_run("lora", 0, 0.9, 1, 1.0), _run("full", 0, 0.7, 1, 1.0)])
+    for name, res in (("a", a), ("b", b)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(res))
+    out = showdown.merge([tmp_path / "a.json", tmp_path / "b.json"], tmp_path / "all.json")
+    assert [(x["method"], x["exact_match"]) for x in out["runs"]] == [("lora", 0.5), ("dora", 0.6), ("full", 0.7)]
+    assert out["meta"]["wall_s"] == 30.0 and out["meta"]["processes"] == 2
+    assert showdown.missing(out, showdown.Plan(profile="cpu", seeds=(0,), sweep_ranks=(8,))) == [
+        ("qlora", 8, 0), ("qdora", 8, 0)]
+    (tmp_path / "c.json").write_text(json.dumps(dict(meta=dict(plan={"r": 2}, wall_s=1.0), runs=[])))
+    with pytest.raises(ValueError, match="different plans"):
+        showdown.merge([tmp_path / "a.json", tmp_path / "c.json"], tmp_path / "x.json")
