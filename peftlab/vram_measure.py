@@ -93,14 +93,17 @@ def measure(name: str | None = None, settings: vram.Settings | None = None, **kw
             model = get_peft_model(base, cfg)
         models.guard_4bit(model)
     if s.grad_ckpt:
-        _checkpointing(model, True)
-        model.enable_input_require_grads()
+        _checkpointing(model, True)      # transformers ≥5 may already hook the embeddings itself
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if not getattr(inner, "_require_grads_hooks", None):
+            model.enable_input_require_grads()
     model.train()
     try:
         return _step(model, s, device)
     finally:
-        if s.grad_ckpt:
-            _checkpointing(model, False)
+        if s.grad_ckpt:                  # leave the base as found: no checkpointing, and the
+            _checkpointing(model, False)  # embedding hook that makes inputs need grad removed
+            model.disable_input_require_grads()
         if s.method == "full":
             for p in base.parameters():
                 p.requires_grad_(False)
