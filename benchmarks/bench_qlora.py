@@ -1,6 +1,8 @@
 """Benchmark: notebook 04's QLoRA recipe, measured end to end in one run (issue 3's must-show).
 
-    PEFTLAB_PROFILE=cpu HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_qlora.py [--json out.json]
+    PEFTLAB_PROFILE=cpu HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_qlora.py [--seed-recipe] [--json out.json]
+
+(on a quiet machine: all cores; about 10 min for 1-4 on 2 cores, +5 min with --seed-recipe)
 
 One seed, one process, one machine:
   1. the 4-bit base model's exact match on the test split, evaluated BEFORE training (as the
@@ -54,7 +56,6 @@ def main() -> None:
     prof = settings.profile()
     cfg = train.recipe(**({"max_steps": args.steps} if args.steps else {}))
     test = list(data.load_split(cfg.task, "test"))[: args.eval_n]
-    torch.set_num_threads(torch.get_num_threads())
     print(f"profile={prof.name} device={prof.device} compute={prof.compute_dtype} "
           f"threads={torch.get_num_threads()} torch={torch.__version__}")
     print("recipe:", {k: v for k, v in train.config_dict(cfg).items()

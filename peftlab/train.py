@@ -22,7 +22,7 @@ Public API (notebooks 03, 04, 06 and the benchmark call these):
     StepTimer, LossCallback(fn), InterruptAt(step): TrainerCallbacks
     last_checkpoint(output_dir) -> str | None        newest *complete* checkpoint
     save_adapter(model, path) -> Path                atomic (temporary folder, then rename)
-    merge_4bit(adapter_dir, cfg) -> nn.Module        dequantize the 4-bit base, then merge (dense)
+    merge_4bit(adapter_dir, cfg, dtype=fp32) -> nn.Module   dequantize the 4-bit base, then merge
     trainable_params(model) -> (trainable, total)
 
 TrainResult(losses, steps, step_times, median_step_s, wall_s, global_step, output_dir)
@@ -422,8 +422,8 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
-def merge_4bit(adapter_dir: str | Path, cfg: TrainConfig) -> nn.Module:
-    """Dense fp32 model = dequantize(4-bit base) + merged adapter.
+def merge_4bit(adapter_dir: str | Path, cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Dense model (in `dtype`) = dequantize(4-bit base) + merged adapter.
 
     The adapter was trained against the *quantized* weights, so it is merged into
     their dequantized values, not into the original checkpoint (which differs by the
@@ -434,12 +434,12 @@ def merge_4bit(adapter_dir: str | Path, cfg: TrainConfig) -> nn.Module:
     bnb = models.import_bitsandbytes()
     q = models.load_model(cfg.model, bits=4, quant_type=cfg.quant_type, double_quant=cfg.double_quant,
                           dtype=torch.float32)  # fresh: no inference forward has repacked weights yet
-    dense = models.load_model(cfg.model, dtype=torch.float32)
+    dense = models.load_model(cfg.model, dtype=dtype)
     n = 0
     for name, mod in q.named_modules():
         if isinstance(mod, bnb.nn.Linear4bit):
             w = bnb.functional.dequantize_4bit(mod.weight.data, mod.weight.quant_state)  # (out, in)
-            dense.get_submodule(name).weight.data.copy_(w.float())
+            dense.get_submodule(name).weight.data.copy_(w.to(dtype))
             n += 1
     assert n > 0, "no Linear4bit found in the 4-bit base"
     del q

@@ -129,3 +129,26 @@ def test_step_timer_median():
     t = train.StepTimer()
     t.times = [3.0, 1.0, 2.0]
     assert t.median == 2.0
+
+
+def _tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_step_time_and_checkpointing_toggle():
+    model = _tiny_llama()
+    ids = torch.randint(0, 64, (2, 8))
+    batch = {"input_ids": ids, "labels": ids}
+    t = train.step_time(model, batch, repeats=2)
+    assert 0 < t < 5 and not model.training and all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="repeats"):
+        train.step_time(model, batch, repeats=0)
+    train.set_checkpointing(model, True)
+    assert model.is_activation_checkpointing
+    train.set_checkpointing(model, False)
+    assert not model.is_activation_checkpointing
