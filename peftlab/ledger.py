@@ -166,20 +166,22 @@ LEDGER = {
            "and gradients", "01"),
     "C4": ("holds", "PEFT prints 4,194,304 = 32·2·(4096·8 + 8·4096) trainable, 0.06%", "01"),
     "C6": ("holds", "merged FLOPs = base FLOPs exactly (FlopCounterMode); latency ratio measured", "01"),
-    "C7": ("holds", "two adapters on one base switched by name; base weights unchanged", "01"),
+    "C7": ("holds", "two adapters on one base switched by name, base weights unchanged (nb 01); nb 04 repeats "
+           "it with an orders and a SQL adapter on one 4-bit base (scores printed there)", "01, 04"),
     "C8": ("holds", "LoRA keeps the whole 16-bit base: 13B's weights alone exceed 24 GB, 65B's exceed 80 GB "
            "(nb 05); the 4-bit base of the 135M model is ~40% of bf16 (nb 00)", "00, 05"),
-    "C9": ("pending", "NF4 notebook not landed; reference: NF4 code and blockwise quantizer reproduce "
-           "bitsandbytes bit for bit, double quant 0.5 → 0.127 bit/param, paging needs CUDA", "02"),
+    "C9": ("holds with a nuance", "double quant 0.5 → 0.127 bit/param (computed and measured); NF4 vs FP4 vs Int4 "
+           "perplexity printed in nb 02 (best of three at most, not 'optimal': heavier tails, Q4_1 origin); "
+           "paging needs a CUDA GPU", "02"),
     "C10": ("holds with a nuance", "full FT cells within ±20% of the estimate (7B 56, 13B 107, 65B 527 GB); "
             "the six LoRA/QLoRA cells ask for ~1.3–2× more than needed (7B LoRA 15.8, QLoRA 7.7 GB)", "05"),
     "C11": ("holds", "13B QLoRA at 1×2048 with checkpointing: 12.2 GB, fits 24 GB", "05"),
     "C13": ("holds with a nuance", "the update inside is s·BA; one norm per output row, detached "
             "in backward (§4.3); ours = PEFT use_dora", "03"),
-    "C16": ("pending", "training notebook not landed; this kit's cpu recipe deliberately differs "
-            "(all linears, lr 1e-3, batch 8×1, no checkpointing)", "04"),
-    "C17": ("holds", "13B QLoRA at 1×2048: 12.2 GB with checkpointing, 35.2 GB without (does not fit 24 GB)",
-            "05"),
+    "C16": ("pending", "decided at run time in nb 04 (the seed's recipe vs this kit's at equal examples seen, "
+            "exact match); the kit's cpu recipe departs on purpose: all linears, lr 1e-3, batch 8×1", "04"),
+    "C17": ("holds with a nuance", "13B QLoRA at 1×2048: 12.2 GB with checkpointing, 35.2 GB without (nb 05); "
+            "checkpointing costs step time, so the cpu profile (RAM to spare) turns it off (nb 04)", "04, 05"),
 }
 
 
