@@ -169,7 +169,7 @@ def _dir_bytes(path: Path) -> int:
 def run_one(cfg: train.TrainConfig, eval_n: int, workdir: str | Path, max_new_tokens: int | None = None) -> dict:
     """Build, train, evaluate and save one model; returns a flat dict of its numbers."""
     cuda = torch.cuda.is_available()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     reset_peak_rss()
     rss0 = _rss("VmRSS")
     if cuda:
@@ -198,6 +198,7 @@ def run_one(cfg: train.TrainConfig, eval_n: int, workdir: str | Path, max_new_to
                example=dict(input=ev.inputs[0], prediction=ev.predictions[0], reference=ev.references[0]))
     del model
     row["wall_s"] = time.perf_counter() - t0
+    row["cpu_s"] = time.process_time() - c0  # CPU seconds of this process: less sensitive to a busy machine
     return row
 
 
