@@ -2,7 +2,7 @@
 
     PEFTLAB_PROFILE=cpu HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_qlora.py [--seed-recipe] [--json out.json]
 
-(on a quiet machine: all cores; about 10 min for 1-4 on 2 cores, +5 min with --seed-recipe)
+(use all cores: do not set OMP_NUM_THREADS. --eval-n 100 halves the evaluation time.)
 
 One seed, one process, one machine:
   1. the 4-bit base model's exact match on the test split, evaluated BEFORE training (as the
