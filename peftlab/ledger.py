@@ -119,6 +119,10 @@ def _gap(rows: list[dict], a: str, b: str) -> tuple[float, float, float]:
 def measured_claims(rows: list[dict], notebook: str = "06") -> dict[str, dict]:
     """Verdicts for C5 (small-model side), C12 (whole training), C14, C15, C18 from summary rows at r=8."""
     by = {x["method"]: x for x in rows}
+    lacking = [m for m in ("lora", "qlora", "dora") if m not in by]
+    if lacking:  # an unfinished measurement: say so instead of guessing
+        return {c: dict(verdict="pending", number=f"showdown has no {', '.join(lacking)} run yet", notebook=notebook)
+                for c in ("C5", "C12", "C14", "C15", "C18")}
     lo, do, ql = by["lora"], by["dora"], by["qlora"]
     mem = {m: by[m]["peak_cuda"] or by[m]["mem_counted"] for m in by}
     d, rel, sd = _gap(rows, "dora", "lora")
