@@ -13,7 +13,7 @@ ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: lab test setup prepare browser doctor bench-qlora clean
+.PHONY: lab test setup prepare browser doctor bench-qlora bench-showdown clean
 
 setup: $(STAMP) prepare
 
@@ -40,6 +40,13 @@ test: setup browser
 
 doctor: setup
 	@$(VENV)/bin/peftlab doctor
+
+# Benchmarks (cpu profile; run on a quiet machine, all cores). They report, they do not gate.
+bench-qlora: setup
+	PEFTLAB_PROFILE=cpu $(PY) benchmarks/bench_qlora.py --eval-n 200
+
+bench-showdown: setup
+	PEFTLAB_PROFILE=cpu $(PY) benchmarks/showdown.py --profile cpu
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache
