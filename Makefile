@@ -36,14 +36,14 @@ lab: setup
 	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) $(ROOTFLAG) --ServerApp.root_dir=notebooks
 
 test: setup browser
-	PEFTLAB_PROFILE=smoke $(VENV)/bin/pytest --nbval-lax --nbval-current-env tests notebooks
+	PEFTLAB_PROFILE=smoke $(VENV)/bin/pytest --nbval-lax --nbval-current-env --durations=15 tests notebooks
 
 doctor: setup
 	@$(VENV)/bin/peftlab doctor
 
 # Benchmarks (cpu profile; run on a quiet machine, all cores). They report, they do not gate.
 bench-qlora: setup
-	PEFTLAB_PROFILE=cpu $(PY) benchmarks/bench_qlora.py --eval-n 200
+	PEFTLAB_PROFILE=cpu $(PY) benchmarks/bench_qlora.py --eval-n 200 --seed-recipe --json results/bench_qlora_cpu.json
 
 bench-showdown: setup
 	PEFTLAB_PROFILE=cpu $(PY) benchmarks/showdown.py --profile cpu

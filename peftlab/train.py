@@ -15,6 +15,7 @@ Public API (notebooks 03, 04, 06 and the benchmark call these):
     train(cfg, model, tok, output_dir, *, callbacks=(), resume=False, train_records=None,
           disable_tqdm=None) -> TrainResult           resume=True continues from the last checkpoint
     evaluate(model, tok, records, task, *, batch_size=32, max_new_tokens=None) -> EvalResult
+    answer_loss(model, tok, records, *, batch_size=16) -> float   (held-out loss per answer token)
     generate(model, tok, records, *, batch_size=32, max_new_tokens=64) -> list[str]
     step_time(model, batch, *, dtype=torch.float32, repeats=3) -> float   median s of fwd+bwd
     set_4bit_compute_dtype(model, dtype) -> int      pin the matmul dtype of every Linear4bit
@@ -398,6 +399,25 @@ def evaluate(model: nn.Module, tok, records, task: str, *, batch_size: int = 32,
     return EvalResult(exact_match=sum(p == r for p, r in zip(preds, refs)) / n,
                       field_scores={k: v / n for k, v in hits.items()}, n=n, predictions=preds,
                       references=refs, inputs=[r["input"] for r in records])
+
+
+@torch.no_grad()
+def answer_loss(model: nn.Module, tok, records, *, batch_size: int = 16, max_length: int = 256) -> float:
+    """Held-out loss: mean cross-entropy per answer token (prompt tokens masked, as in training)."""
+    records = [dict(r) for r in records]
+    if not records:
+        raise ValueError("answer_loss got no records: pass a split, e.g. data.load_split('orders', 'validation')")
+    was_training = model.training
+    model.eval()
+    collate, device = data.Collator(tok.pad_token_id), next(model.parameters()).device
+    total = count = 0.0
+    for i in range(0, len(records), batch_size):
+        batch = collate([data.encode(tok, r, max_length) for r in records[i:i + batch_size]])
+        n = int((batch["labels"][:, 1:] != data.IGNORE_INDEX).sum())  # the model shifts labels by one
+        out = model(**{k: v.to(device) for k, v in batch.items()})
+        total, count = total + float(out.loss) * n, count + n
+    model.train(was_training)
+    return total / count
 
 
 # --- adapters: atomic save, 4-bit merge ------------------------------------------------------

@@ -152,3 +152,14 @@ def test_step_time_and_checkpointing_toggle():
     assert model.is_activation_checkpointing
     train.set_checkpointing(model, False)
     assert not model.is_activation_checkpointing
+
+
+def test_answer_loss_counts_answer_tokens_only_and_ignores_padding(embedded_ready, records):
+    model, tok = train.build_model(tiny(method="full"))
+    one = [train.answer_loss(model, tok, [r]) for r in records]
+    n = [sum(t != data.IGNORE_INDEX for t in data.encode(tok, r)["labels"][1:]) for r in records]
+    want = sum(l * k for l, k in zip(one, n)) / sum(n)  # token-weighted, not a mean of batch means
+    assert train.answer_loss(model, tok, records, batch_size=3) == pytest.approx(want, rel=1e-4)
+    assert 0 < want < 20
+    with pytest.raises(ValueError, match="no records"):
+        train.answer_loss(model, tok, [])
