@@ -46,7 +46,7 @@ bench-qlora: setup
 	PEFTLAB_PROFILE=cpu $(PY) benchmarks/bench_qlora.py --eval-n 200 --seed-recipe --json results/bench_qlora_cpu.json
 
 bench-showdown: setup
-	PEFTLAB_PROFILE=cpu $(PY) benchmarks/showdown.py --profile cpu
+	PEFTLAB_PROFILE=cpu $(PY) benchmarks/showdown.py --profile cpu --jobs 2
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache

@@ -247,6 +247,10 @@ def merge(parts: list[str | Path], out_path: str | Path) -> dict:
         key = (run["method"], run["r"], run["seed"])
         runs += [] if key in seen else [run]   # a run measured twice (overlapping shards) counts once
         seen.add(key)
+    plan_ = res[0]["meta"]["plan"]
+    order = {(c.method, c.r, c.seed): i for i, c in enumerate(Plan(**{k: tuple(v) if isinstance(v, list) else v
+                                                                      for k, v in plan_.items()}).configs())}
+    runs.sort(key=lambda run: order.get((run["method"], run["r"], run["seed"]), len(order)))  # the plan's order
     out = dict(meta=meta, runs=runs)
     Path(out_path).write_text(json.dumps(out, indent=1))
     return out

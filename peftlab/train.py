@@ -42,6 +42,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from peft.helpers import DoraCaching
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -373,8 +374,9 @@ def generate(model: nn.Module, tok, records: Sequence[dict], *, batch_size: int 
     for i in range(0, len(records), batch_size):
         prompts = [data.prompt_text(tok, r) for r in records[i:i + batch_size]]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        with DoraCaching():  # DoRA: reuse ‖W+BA‖ and BA across decoding steps (exact; eval mode only)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         out += [s.strip() for s in tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
     tok.padding_side = "right"
     model.train(was_training)
