@@ -22,6 +22,7 @@ The verdicts against the seed's claims live in `ledger`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -235,6 +236,20 @@ def run_all(p: Plan, out_path: str | Path, log: Callable[[str], None] = print,
     return results
 
 
+def _plan_order(plan: dict) -> Callable[[dict], tuple]:
+    """Sort key putting runs in Plan.configs() order (seeds × methods at r, then the sweep)."""
+    p = {f.name: f.default for f in dataclasses.fields(Plan) if f.default is not dataclasses.MISSING} | plan
+
+    def pos(seq, x) -> int:
+        return list(seq).index(x) if x in seq else len(seq)
+
+    def key(run: dict) -> tuple:
+        if run["r"] == p["r"]:
+            return (0, pos(p["seeds"], run["seed"]), pos(p["methods"], run["method"]))
+        return (1, pos(p["sweep_ranks"], run["r"]), pos(p["sweep_methods"], run["method"]))
+    return key
+
+
 def merge(parts: list[str | Path], out_path: str | Path) -> dict:
     """Join shard files of one plan into one results file (meta of the first; wall = the longest)."""
     res = [load(x) for x in parts]
@@ -247,10 +262,7 @@ def merge(parts: list[str | Path], out_path: str | Path) -> dict:
         key = (run["method"], run["r"], run["seed"])
         runs += [] if key in seen else [run]   # a run measured twice (overlapping shards) counts once
         seen.add(key)
-    plan_ = res[0]["meta"]["plan"]
-    order = {(c.method, c.r, c.seed): i for i, c in enumerate(Plan(**{k: tuple(v) if isinstance(v, list) else v
-                                                                      for k, v in plan_.items()}).configs())}
-    runs.sort(key=lambda run: order.get((run["method"], run["r"], run["seed"]), len(order)))  # the plan's order
+    runs.sort(key=_plan_order(res[0]["meta"]["plan"]))
     out = dict(meta=meta, runs=runs)
     Path(out_path).write_text(json.dumps(out, indent=1))
     return out

@@ -128,7 +128,8 @@ def test_merge_joins_shards_and_counts_a_run_once(tmp_path):
     for name, res in (("a", a), ("b", b)):
         (tmp_path / f"{name}.json").write_text(json.dumps(res))
     out = showdown.merge([tmp_path / "a.json", tmp_path / "b.json"], tmp_path / "all.json")
-    assert [(x["method"], x["exact_match"]) for x in out["runs"]] == [("lora", 0.5), ("dora", 0.6), ("full", 0.7)]
+    # joined in the plan's order (methods full, lora, qlora, dora, qdora), the duplicate lora once
+    assert [(x["method"], x["exact_match"]) for x in out["runs"]] == [("full", 0.7), ("lora", 0.5), ("dora", 0.6)]
     assert out["meta"]["wall_s"] == 30.0 and out["meta"]["processes"] == 2
     assert showdown.missing(out, showdown.Plan(profile="cpu", seeds=(0,), sweep_ranks=(8,))) == [
         ("qlora", 8, 0), ("qdora", 8, 0)]
