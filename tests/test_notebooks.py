@@ -49,3 +49,14 @@ def test_house_layout(path):
         if re.search(r"^\s*[!%]pip", src, re.M):
             assert "google.colab" in src, "`!pip` only inside a guarded Colab cell"
         assert "hf_hub_download" not in src and "snapshot_download" not in src
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_valid_nbformat(path):
+    """Valid nbformat 4.5 (every cell has an id): a hand-inserted cell without one is an error in future nbformat."""
+    import nbformat
+
+    raw = json.loads(path.read_text())  # nbformat.read would quietly add missing ids
+    missing = [i for i, c in enumerate(raw["cells"]) if "id" not in c]
+    assert not missing, f"{path.name}: cells {missing} have no id; run nbformat's normalize() on it"
+    nbformat.validate(nbformat.read(path, as_version=4))  # raises ValidationError naming the problem
