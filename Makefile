@@ -19,7 +19,7 @@ setup: $(STAMP) prepare
 
 # Reinstall only when the dependency list or the pins change. Byte-compiling is done by compileall on
 # every core instead of pip's one (64 s instead of ~160 s on 2 cores); it matters where
-# PYTHONDONTWRITEBYTECODE=1 stops Python from caching what it compiles at import. A few files that are
+# PYTHONDONTWRITEBYTECODE=1 stops Python from caching what it compiles at import. A few files that
 # are for newer Pythons (torch/testing/_internal/py312_*) fail to compile, as under pip: not an error.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
