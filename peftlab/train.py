@@ -41,12 +41,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from torch import nn
 from peft.helpers import DoraCaching
+from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from . import data, models, settings
+from . import data, models, nf4, settings
 
 METHODS = ("full", "lora", "qlora", "dora", "qdora")
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -403,7 +403,6 @@ def evaluate(model: nn.Module, tok, records, task: str, *, batch_size: int = 32,
                       references=refs, inputs=[r["input"] for r in records])
 
 
-@torch.no_grad()
 def answer_loss(model: nn.Module, tok, records, *, batch_size: int = 16, max_length: int = 256) -> float:
     """Held-out loss: mean cross-entropy per answer token (prompt tokens masked, as in training)."""
     records = [dict(r) for r in records]
@@ -412,14 +411,12 @@ def answer_loss(model: nn.Module, tok, records, *, batch_size: int = 16, max_len
     was_training = model.training
     model.eval()
     collate, device = data.Collator(tok.pad_token_id), next(model.parameters()).device
-    total = count = 0.0
-    for i in range(0, len(records), batch_size):
-        batch = collate([data.encode(tok, r, max_length) for r in records[i:i + batch_size]])
-        n = int((batch["labels"][:, 1:] != data.IGNORE_INDEX).sum())  # the model shifts labels by one
-        out = model(**{k: v.to(device) for k, v in batch.items()})
-        total, count = total + float(out.loss) * n, count + n
+    batches = ({k: v.to(device) for k, v in collate([data.encode(tok, r, max_length) for r in
+                                                     records[i:i + batch_size]]).items()}
+               for i in range(0, len(records), batch_size))
+    loss, _ = nf4.text_nll(model, batches)  # token-weighted over batches, not a mean of batch means
     model.train(was_training)
-    return total / count
+    return loss
 
 
 # --- adapters: atomic save, 4-bit merge ------------------------------------------------------
