@@ -235,6 +235,22 @@ def load_tokenizer(name: str | None = None):
 # The guard turns that repacking off. We do not "unpack before training" instead: bitsandbytes'
 # inverse re-quantizes the double-quantized absmax, so the weights would silently change.
 
+def set_checkpointing(model: nn.Module, on: bool) -> None:
+    """Turn gradient (activation) checkpointing on or off; works on PEFT-wrapped models too.
+
+    Non-reentrant checkpointing, so the frozen embeddings need no requires_grad hook.
+    transformers ≥ 5 renamed gradient_checkpointing_* to activation_checkpointing_*.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kw = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kw) if on else \
+            base.activation_checkpointing_disable()
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw) if on else \
+            base.gradient_checkpointing_disable()
+
+
 def guard_4bit(model: nn.Module) -> int:
     """Stop every bitsandbytes Linear4bit in `model` from repacking for CPU inference.
 

@@ -21,6 +21,18 @@ import torch
 PROFILES = ("smoke", "cpu", "gpu")
 DEFAULT_SEED = 1234
 
+# One source for the kit's vocabulary (training, the VRAM estimator, widgets and the CLI all read these).
+METHODS = ("full", "lora", "qlora", "dora", "qdora")  # q = frozen 4-bit base; dora = magnitude/direction
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # name -> torch dtype
+DTYPE_BYTES = {name: torch.empty(0, dtype=dt).element_size() for name, dt in DTYPES.items()}  # name -> bytes
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype for "bf16" | "fp16" | "fp32"; a clear ValueError for anything else."""
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -37,17 +49,21 @@ class Profile:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.compute_dtype]
+        return torch_dtype(self.compute_dtype)
 
 
-def cuda_compute_dtype() -> str:
-    """bf16 where the GPU supports it (Ampere and newer), else fp16 (T4, V100)."""
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+def cuda_compute_dtype(capability: tuple[int, int] | None = None) -> str:
+    """bf16 on compute capability ≥ 8.0 (Ampere and newer: A100, RTX 30xx/40xx, H100), else fp16
+    (T4 = 7.5, V100 = 7.0). Decided by capability, not `torch.cuda.is_bf16_supported()`, which
+    also returns True on a T4 because it counts emulated bf16 (slow, and not what the lesson means).
+    `capability` defaults to the current GPU's."""
+    cap = capability if capability is not None else torch.cuda.get_device_capability()
+    return "bf16" if tuple(cap) >= (8, 0) else "fp16"
 
 
 def _cpu_compute_dtype() -> str:
-    # bf16 is ~1.6x faster than fp32 on CPUs with AVX512-BF16/AMX (measured in
-    # ../shared/FINDINGS.md); elsewhere bf16 matmuls are emulated and slow.
+    # bf16 is ~1.6x faster than fp32 on CPUs with AVX512-BF16/AMX (measured on this kit's
+    # CI machine, docs/findings.md); elsewhere bf16 matmuls are emulated and slow.
     try:
         flags = open("/proc/cpuinfo").read()
     except OSError:

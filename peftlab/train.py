@@ -48,10 +48,11 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from . import data, models, nf4, settings
 
-METHODS = ("full", "lora", "qlora", "dora", "qdora")
+METHODS = settings.METHODS
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 ALL_LINEAR = ATTENTION + ("gate_proj", "up_proj", "down_proj")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = settings.DTYPES
+set_checkpointing = models.set_checkpointing
 
 
 @dataclass(frozen=True)
@@ -166,21 +167,6 @@ def build_model(cfg: TrainConfig):
     model = get_peft_model(model, lcfg)
     models.guard_4bit(model)  # idempotent; keeps the bitsandbytes CPU pitfall away
     return model, tok
-
-
-def set_checkpointing(model: nn.Module, on: bool) -> None:
-    """Turn gradient (activation) checkpointing on or off; works on PEFT-wrapped models too.
-
-    Non-reentrant checkpointing, so the frozen embeddings need no requires_grad hook.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    kw = {"use_reentrant": False}
-    if hasattr(base, "activation_checkpointing_enable"):  # transformers ≥ 5 renamed it
-        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kw) if on else \
-            base.activation_checkpointing_disable()
-    else:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw) if on else \
-            base.gradient_checkpointing_disable()
 
 
 def set_4bit_compute_dtype(model: nn.Module, dtype: torch.dtype) -> int:

@@ -24,10 +24,12 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from . import settings as _settings
+
 GB, GiB = 1e9, 2**30
-METHODS = ("full", "lora", "qlora", "dora", "qdora")
+METHODS = _settings.METHODS
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd")
-DTYPES = {"fp32": 4, "bf16": 2, "fp16": 2}
+DTYPES = _settings.DTYPE_BYTES  # name -> bytes per element
 CUDA_CONTEXT = 500 * 2**20  # CUDA context + kernels, per process, never in max_memory_allocated
 RESERVED_OVERHEAD = 0.15    # the caching allocator reserves ~10-25% above allocated (FINDINGS.md)
 

@@ -18,8 +18,8 @@ from dataclasses import replace
 import torch
 
 from . import models, vram
+from . import settings as settings_mod
 
-_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _BASES: dict = {}   # (name, bits, dtype, double_quant) -> loaded base model, reused across grid points
 
 
@@ -27,7 +27,7 @@ def _base(name, bits, dtype, double_quant, device):
     key = (name, bits, dtype, double_quant, device)
     if key not in _BASES:
         _BASES.clear()  # keep one base in memory at a time
-        td = _TORCH_DTYPES[dtype]
+        td = settings_mod.torch_dtype(dtype)
         model = models.load_model(name, bits=bits, dtype=td, compute_dtype=td, double_quant=double_quant,
                                   device=device)
         if bits == 4:
@@ -36,14 +36,6 @@ def _base(name, bits, dtype, double_quant, device):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         _BASES[key] = model
     return _BASES[key]
-
-
-def _checkpointing(model, on: bool) -> None:
-    """transformers ≥5 renames gradient_ to activation_checkpointing; use whichever exists."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    verb = "enable" if on else "disable"
-    fn = getattr(base, f"activation_checkpointing_{verb}", None) or getattr(base, f"gradient_checkpointing_{verb}")
-    fn()
 
 
 def _storage_bytes(tensors) -> int:
@@ -93,7 +85,7 @@ def measure(name: str | None = None, settings: vram.Settings | None = None, **kw
             model = get_peft_model(base, cfg)
         models.guard_4bit(model)
     if s.grad_ckpt:
-        _checkpointing(model, True)      # transformers ≥5 may already hook the embeddings itself
+        models.set_checkpointing(model, True)      # transformers ≥5 may already hook the embeddings itself
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         if not getattr(inner, "_require_grads_hooks", None):
             model.enable_input_require_grads()
@@ -102,7 +94,7 @@ def measure(name: str | None = None, settings: vram.Settings | None = None, **kw
         return _step(model, s, device)
     finally:
         if s.grad_ckpt:                  # leave the base as found: no checkpointing, and the
-            _checkpointing(model, False)  # embedding hook that makes inputs need grad removed
+            models.set_checkpointing(model, False)  # embedding hook that makes inputs need grad removed
             model.disable_input_require_grads()
         if s.method == "full":
             for p in base.parameters():
