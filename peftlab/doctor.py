@@ -45,15 +45,22 @@ def _ram_bytes() -> tuple[int, int | None]:
     return total, avail
 
 
+def precision_line(capability: tuple[int, int]) -> str:
+    """What the kit computes in on a GPU of this compute capability (the rule is settings.cuda_compute_dtype)."""
+    major, minor = capability
+    if settings.cuda_compute_dtype(capability) == "bf16":
+        return f"bf16 (compute capability {major}.{minor} ≥ 8.0)"
+    return f"fp16 (compute capability {major}.{minor} < 8.0 has no native bf16, e.g. T4 7.5, V100 7.0)"
+
+
 def _gpu_checks() -> list[Check]:
     if not torch.cuda.is_available():
         return [Check("device", f"CPU ({os.cpu_count()} cores), no CUDA GPU", True, ""),
                 Check("precision", f"CPU compute dtype {settings.resolve('cpu').compute_dtype}", True, "")]
     name = torch.cuda.get_device_name(0)
     total = torch.cuda.get_device_properties(0).total_memory
-    bf16 = torch.cuda.is_bf16_supported()
     out = [Check("device", f"{name}, {total / GIB:.1f} GiB", True, ""),
-           Check("precision", "bf16 and fp16" if bf16 else "fp16 only (no bf16, e.g. T4)", True, "")]
+           Check("precision", precision_line(torch.cuda.get_device_capability(0)), True, "")]
     if total < 12 * GIB:
         out.append(Check("GPU memory", f"{total / GIB:.1f} GiB", False,
                          "use QLoRA with gradient checkpointing and a ≤3B model; see notebook 05"))

@@ -48,3 +48,13 @@ def test_seed_everything_repeats():
     a = torch.randn(3)
     settings.seed_everything(7)
     assert torch.equal(a, torch.randn(3))
+
+
+@pytest.mark.parametrize("capability, dtype", [((7, 5), "fp16"), ((7, 0), "fp16"), ((6, 1), "fp16"),
+                                               ((8, 0), "bf16"), ((8, 9), "bf16"), ((9, 0), "bf16")])
+def test_gpu_precision_follows_compute_capability(capability, dtype):
+    """A T4 (7.5) must get fp16: torch.cuda.is_bf16_supported() says True there (emulated bf16)."""
+    assert settings.cuda_compute_dtype(capability) == dtype
+    from peftlab import doctor
+
+    assert doctor.precision_line(capability).startswith(dtype)
