@@ -66,7 +66,7 @@ def rank_for_energy(s: torch.Tensor, fraction: float) -> int:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     s2 = s.double() ** 2
     kept = s2.cumsum(0) / s2.sum()
-    return int(torch.searchsorted(kept, torch.tensor(fraction, dtype=kept.dtype) - 1e-12)) + 1
+    return int(torch.searchsorted(kept, torch.tensor(fraction, dtype=kept.dtype, device=kept.device) - 1e-12)) + 1
 
 
 def subspace_similarity(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
@@ -79,8 +79,8 @@ def subspace_similarity(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
                          f"and {tuple(V.shape)}")
     G = (U.double().T @ V.double()) ** 2                   # (p, q) squared cosines
     cum = G.cumsum(0).cumsum(1)                             # ‖U_iᵀ V_j‖_F² for every (i, j)
-    i = torch.arange(1, U.shape[1] + 1, dtype=torch.float64)[:, None]
-    j = torch.arange(1, V.shape[1] + 1, dtype=torch.float64)[None, :]
+    i = torch.arange(1, U.shape[1] + 1, dtype=torch.float64, device=G.device)[:, None]
+    j = torch.arange(1, V.shape[1] + 1, dtype=torch.float64, device=G.device)[None, :]
     return (cum / torch.minimum(i, j)).float()
 
 

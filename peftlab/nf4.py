@@ -33,11 +33,12 @@ def nf4_code(offset: float = NF4_OFFSET) -> torch.Tensor:
     outermost probability is not 1 (Φ⁻¹(1) = ∞): offset is the mean of 1 − 1/(2·15) and
     1 − 1/(2·16), the centres of the last bins when 15 or 16 bins split the probability mass.
     """
-    probs_pos = torch.linspace(offset, 0.5, 9)[:-1]  # float32 like bitsandbytes, 0.5 dropped
-    probs_neg = torch.linspace(offset, 0.5, 8)[:-1]
+    # Code tables are built on the CPU; the (de)quantizers move them to the input's device.
+    probs_pos = torch.linspace(offset, 0.5, 9, device="cpu")[:-1]  # float32 like bitsandbytes, 0.5 dropped
+    probs_neg = torch.linspace(offset, 0.5, 8, device="cpu")[:-1]
     pos = torch.special.ndtri(probs_pos.double())  # Φ⁻¹, the normal quantile function
     neg = -torch.special.ndtri(probs_neg.double())
-    levels = torch.cat([neg, torch.zeros(1, dtype=torch.float64), pos]).float().sort().values
+    levels = torch.cat([neg, torch.zeros(1, dtype=torch.float64, device="cpu"), pos]).float().sort().values
     return levels / levels.max()  # (16,), c_0 = −1, c_7 = 0, c_15 = 1
 
 
@@ -52,13 +53,13 @@ def fp4_code() -> torch.Tensor:
         s, e, m = bits >> 3, (bits >> 1) & 3, bits & 1
         mag = m * 2.0 ** -4 if e == 0 else 2.0 ** (4 - e) * (1 + m / 2)
         vals.append(-mag if s else mag)
-    code = torch.tensor(vals)
+    code = torch.tensor(vals, device="cpu")
     return code / code.abs().max()
 
 
 def int4_code() -> torch.Tensor:
     """Symmetric integer levels k/7, k = −7…7 (sign-magnitude: pattern s mmm; 0 appears twice)."""
-    return torch.tensor([(-1.0) ** (b >> 3) * (b & 7) / 7 for b in range(16)])
+    return torch.tensor([(-1.0) ** (b >> 3) * (b & 7) / 7 for b in range(16)], device="cpu")
 
 
 def dynamic_code() -> torch.Tensor:
@@ -69,10 +70,10 @@ def dynamic_code() -> torch.Tensor:
     """
     data = [0.0, 1.0]
     for i in range(7):
-        edges = torch.linspace(0.1, 1, 2 ** i + 1, dtype=torch.float32)
+        edges = torch.linspace(0.1, 1, 2 ** i + 1, dtype=torch.float32, device="cpu")
         means = (edges[:-1] + edges[1:]) / 2.0
         data += ((10 ** (i - 6)) * means).tolist() + (-(10 ** (i - 6)) * means).tolist()
-    return torch.tensor(sorted(data), dtype=torch.float32)  # (256,)
+    return torch.tensor(sorted(data), dtype=torch.float32, device="cpu")  # (256,)
 
 
 def code_for(quant_type: str) -> torch.Tensor:
@@ -113,15 +114,16 @@ def _scale_blocks(flat: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, tor
 
 def nearest_code(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
     """Index of the nearest level for each value (ties to the lower level), as uint8."""
+    code = code.to(scaled.device)
     order = torch.argsort(code)  # FP4/Int4 are in bit-pattern order, not sorted
     levels = code[order]
     mids = (levels[:-1] + levels[1:]) / 2  # decision boundaries, fp32 like bitsandbytes
     if len(mids) > 15:  # the 256-level code of double quantization: binary search
         return order[torch.bucketize(scaled, mids)].to(torch.uint8)
-    rank = torch.zeros(scaled.shape, dtype=torch.uint8)  # rank = #{j : x > mid_j}: 15 cheap passes
+    rank = torch.zeros(scaled.shape, dtype=torch.uint8, device=scaled.device)  # rank = #{j : x > mid_j}: 15 cheap passes
     for m in mids:
         rank.add_(scaled.gt(m))
-    return order.to(torch.uint8)[rank.long()] if not torch.equal(order, torch.arange(16)) else rank
+    return order.to(torch.uint8)[rank.long()] if not torch.equal(order, torch.arange(16, device=order.device)) else rank
 
 
 def quantize_blockwise(x: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,10 +135,10 @@ def quantize_blockwise(x: torch.Tensor, code: torch.Tensor, blocksize: int) -> t
 def dequantize_blockwise(idx: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor,
                          blocksize: int) -> torch.Tensor:
     """code[idx] · absmax of each value's block, in fp32 (n,)."""
-    vals = code[idx.reshape(-1).long()]                          # (n,)
+    vals = code.to(idx.device)[idx.reshape(-1).long()]           # (n,)
     n = vals.numel()
     full = n - n % blocksize
-    out = torch.empty(n, dtype=torch.float32)
+    out = torch.empty(n, dtype=torch.float32, device=vals.device)
     out[:full] = (vals[:full].view(-1, blocksize) * absmax[: full // blocksize, None]).reshape(-1)
     out[full:] = vals[full:] * absmax[-1]
     return out
