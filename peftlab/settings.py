@@ -86,14 +86,15 @@ def resolve(name: str | None = None, model: str | None = None) -> Profile:
             f"unknown profile {raw!r}: PEFTLAB_PROFILE must be one of {', '.join(PROFILES)} "
             "(or unset it to pick gpu/cpu by hardware)"
         )
-    if raw == "gpu" and not has_cuda:
-        device, dtype = "cpu", _cpu_compute_dtype()
+    # The profile names the device: only `gpu` uses CUDA (smoke and cpu stay on the CPU even on a
+    # GPU machine, so a test run or a cpu lesson means the same thing everywhere).
+    if raw == "gpu" and has_cuda:
+        device, dtype = "cuda", cuda_compute_dtype()
     else:
-        device = "cuda" if has_cuda else "cpu"
-        dtype = cuda_compute_dtype() if has_cuda else _cpu_compute_dtype()
+        device, dtype = "cpu", _cpu_compute_dtype()
     chosen_model = model or os.environ.get("PEFTLAB_MODEL", "").strip() or "embedded"
     return Profile(name=raw, device=device, model=chosen_model, compute_dtype=dtype,
-                   paged_optim=has_cuda, seed=DEFAULT_SEED)
+                   paged_optim=device == "cuda", seed=DEFAULT_SEED)
 
 
 @lru_cache(maxsize=1)

@@ -11,7 +11,8 @@ def test_each_profile_resolves():
     for name in settings.PROFILES:
         prof = settings.resolve(name)
         assert prof.name == name
-        assert prof.device == ("cuda" if torch.cuda.is_available() else "cpu")
+        assert prof.device == ("cuda" if torch.cuda.is_available() and name == "gpu" else "cpu")
+        assert prof.paged_optim == (prof.device == "cuda")
         assert prof.compute_dtype in ("bf16", "fp16", "fp32")
 
 
