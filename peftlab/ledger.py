@@ -1,4 +1,4 @@
-"""The claims ledger: the seed's claims C1–C18 (../shared/CLAIMS.md) against what the kit measured.
+"""The claims ledger: the seed's claims C1–C18 (docs/claims.md) against what the kit measured.
 
     verdict ∈ {holds, holds with a nuance, does not hold, pending}, each with the number that decides it
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-# The seed's claims, shortened (the full wording and translation: ../shared/CLAIMS.md).
+# The seed's claims, shortened (each in full, with where the kit checks it: docs/claims.md).
 CLAIMS = {
     "C1": "Full fine-tuning LLaMA-2-7B needs about 60 GB+ of GPU memory",
     "C2": "With LoRA/QLoRA/DoRA a 16 GB GPU is enough",

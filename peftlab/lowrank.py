@@ -11,8 +11,6 @@ for the top-i and top-j singular directions; two random subspaces of R^d give �
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 
@@ -89,34 +87,3 @@ def left_singular(M: torch.Tensor, k: int | None = None) -> torch.Tensor:
     U, _, _ = torch.linalg.svd(_as_matrix(M), full_matrices=False)
     return U if k is None else U[:, :k]
 
-
-# --- exercise checker -------------------------------------------------------------------------
-
-def check_low_rank(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> bool:
-    """Exercise: `fn(W, r)` must return the best rank-r approximation of W. Prints why not."""
-    g = torch.Generator().manual_seed(0)
-    W = torch.randn(12, 20, generator=g) @ torch.diag(torch.linspace(3, 0.1, 20))
-    for r in (1, 4, 12):
-        try:
-            got = fn(W.clone(), r)
-        except Exception as err:  # the learner's code may raise anything
-            print(f"✗ fn(W, r={r}) raised {type(err).__name__}: {err}")
-            return False
-        ref = best_rank_r(W, r)
-        if not isinstance(got, torch.Tensor) or got.shape != W.shape:
-            print(f"✗ for r={r} expected a tensor of shape {tuple(W.shape)} (same as W), got "
-                  f"{getattr(got, 'shape', type(got).__name__)}")
-            return False
-        rank = int(torch.linalg.matrix_rank(got.float()))
-        if rank > r:
-            print(f"✗ for r={r} your matrix has rank {rank}: keep only the top-{r} singular triplets")
-            return False
-        err_got = float(torch.linalg.norm(W - got) / torch.linalg.norm(W))
-        err_ref = float(torch.linalg.norm(W - ref) / torch.linalg.norm(W))
-        if err_got > err_ref + 1e-4:
-            print(f"✗ for r={r} relative error {err_got:.4f} > the optimum {err_ref:.4f}: use the "
-                  "*largest* singular values (torch.linalg.svd sorts them descending) and multiply "
-                  "U[:, :r] * S[:r] @ Vh[:r]")
-            return False
-    print("✓ correct: rank ≤ r and the Eckart–Young optimal error for r = 1, 4, 12")
-    return True

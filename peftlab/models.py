@@ -231,7 +231,7 @@ def load_tokenizer(name: str | None = None):
 # bitsandbytes 0.50.2 on CPUs with AVX512-BF16: an eval-mode forward whose input does not need
 # grad repacks a Linear4bit weight for a CPU inference kernel and never unpacks it; later
 # training forwards then run an op with no autograd kernel, so the gradient to the layer's input
-# is lost or wrong and LoRA in all earlier layers stops learning (../shared/FINDINGS.md).
+# is lost or wrong and LoRA in all earlier layers stops learning (docs/findings.md, "The bitsandbytes CPU repack bug").
 # The guard turns that repacking off. We do not "unpack before training" instead: bitsandbytes'
 # inverse re-quantizes the double-quantized absmax, so the weights would silently change.
 

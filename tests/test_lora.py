@@ -3,7 +3,7 @@
 Compared: our `LoRALinear` and PEFT's `lora.Linear` holding the same weights (a state-dict copy,
 PEFT built with init_lora_weights=False so B ≠ 0), over a table of r, alpha, fp32/bf16, base bias
 and rsLoRA (dropout off); config-only parameter counts against real PEFT on meta-device models
-(the seed's 4,194,304 for LLaMA-2-7B r=8 q,v) and on a tiny GQA Llama; the exercise checkers.
+(the seed's 4,194,304 for LLaMA-2-7B r=8 q,v) and on a tiny GQA Llama.
 """
 import contextlib
 import copy
@@ -188,15 +188,3 @@ def test_unknown_target_lists_existing_names():
     with pytest.raises(ValueError, match="choose from"):
         lora.count_lora_params(TINY, 4, ["qkv"])
 
-
-def test_exercise_checkers(capsys):
-    assert lora.check_forward(lambda x, W, b, A, B, s: x @ W.T + b + s * (x @ A.T @ B.T))
-    assert not lora.check_forward(lambda x, W, b, A, B, s: x @ W.T + b + x @ A.T @ B.T)
-    assert "scaling" in capsys.readouterr().out
-    assert not lora.check_forward(lambda x, W, b, A, B, s: x @ W.T + b + s * (x @ B @ A))
-    assert "raised" in capsys.readouterr().out
-    assert lora.check_merge(lambda W, A, B, alpha, r: W + (alpha / r) * (B @ A))
-    assert not lora.check_merge(lambda W, A, B, alpha, r: W.add_((alpha / r) * (B @ A)))
-    assert "in place" in capsys.readouterr().out
-    assert not lora.check_merge(lambda W, A, B, alpha, r: W + alpha * (B @ A))
-    assert "alpha / r" in capsys.readouterr().out

@@ -2,7 +2,7 @@
 
 Compared: relative_error / error_curve (from singular values alone) against ‖W − W_r‖_F / ‖W‖_F
 of an explicit best_rank_r matrix; best_rank_r against random rank-r matrices (Eckart–Young);
-subspace_similarity against its definition and its bounds; the low-rank exercise checker.
+subspace_similarity against its definition and its bounds.
 """
 import pytest
 import torch
@@ -64,18 +64,3 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"\[0, 30\]"):
         lowrank.best_rank_r(_W(), 31)
 
-
-def test_check_low_rank(capsys):
-    def ref(W, r):
-        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
-        return U[:, :r] * S[:r] @ Vh[:r]
-
-    def smallest(W, r):
-        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
-        return U[:, -r:] * S[-r:] @ Vh[-r:]
-
-    assert lowrank.check_low_rank(ref)
-    assert not lowrank.check_low_rank(smallest)
-    assert "largest" in capsys.readouterr().out
-    assert not lowrank.check_low_rank(lambda W, r: W)
-    assert "rank" in capsys.readouterr().out

@@ -58,7 +58,7 @@ def _layer(guard: bool) -> torch.nn.Module:
     q = bnb.nn.Linear4bit(128, 64, compute_dtype=torch.float32, quant_type="nf4")
     q.load_state_dict(dense.state_dict())
     q = q.to("cpu")  # quantizes
-    # What bitsandbytes sets on a CPU with AVX512-BF16 (FINDINGS.md's machine); forced here so
+    # What bitsandbytes sets on a CPU with AVX512-BF16 (docs/findings.md, the repack bug); forced here so
     # the test shows the pitfall on every CPU.
     q.support_avx512bf16_for_cpu = True
     if guard:
