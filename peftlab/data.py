@@ -96,7 +96,7 @@ def _is_kit_file(path: Path) -> bool:
         rel = path.resolve().relative_to(data_dir().resolve())
     except ValueError:
         return False
-    return len(rel.parts) == 2 and rel.parts[0] in TASKS
+    return len(rel.parts) == 2 and rel.parts[0] in TASKS and rel.parts[1] in {f"{s}.jsonl" for s in SPLITS}
 
 
 def _json_type(x: Any) -> str:
@@ -106,6 +106,8 @@ def _json_type(x: Any) -> str:
 
 def _record_problem(rec: Any) -> str | None:
     """What is wrong with one record, in words naming the field; None if it can be trained on."""
+    if isinstance(rec, Mapping) and all(isinstance(rec.get(f), list) for f in REQUIRED_FIELDS):
+        return "columns of lists, not one record per line (pandas: df.to_json(path, orient='records', lines=True))"
     if not isinstance(rec, Mapping):
         return f"expected a JSON object {{...}} with fields {', '.join(REQUIRED_FIELDS)}, got {_json_type(rec)}"
     missing = [f for f in REQUIRED_FIELDS if f not in rec]
@@ -155,10 +157,15 @@ def validate_file(path: str | Path) -> list[dict]:
         raise DataError(f"{path} is a folder: pass a .jsonl file" + (f" inside it ({', '.join(inside)})"
                                                                       if inside else ""))
     if not path.is_file():
-        raise DataError(f"{path}: no such file (relative paths start at {Path.cwd()}): check the path")
+        hint = "pass a list of files, e.g. sorted(Path('dir').glob('*.jsonl'))" if any(c in str(path) for c in "*?[") \
+            else f"check the path (relative paths start at {Path.cwd()})"
+        raise DataError(f"{path}: no such file; {hint}")
+    try:
+        raw_lines = path.read_bytes().split(b"\n")
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err}); check its permissions") from None
     records: list[dict] = []
     first_line: dict[str, int] = {}
-    raw_lines = path.read_bytes().split(b"\n")
     for lineno, raw in enumerate(raw_lines, start=1):
         try:
             line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
@@ -178,6 +185,8 @@ def validate_file(path: str | Path) -> list[dict]:
                 problem, fix = "a comma after the record", "remove it: JSON Lines has no commas between records"
             elif head in ("{", "}") or head.endswith(("{", ",")) and not head.startswith("{"):
                 problem, fix = "a record spreads over several lines (pretty-printed JSON)", "write each on one line"
+            elif not records and not head.startswith("{"):
+                problem, fix = "not JSON Lines (a CSV or text file?)", f"convert it to {FORMAT}"
             else:
                 problem = f"malformed JSON ({err.msg} at column {err.colno})"
             raise _fail(f"{path}:{lineno}", problem, kit, fix) from None
@@ -260,12 +269,35 @@ def load_jsonl(paths: str | Path | Sequence[str | Path]):
 
 
 def load_files(train: str | Path | Sequence, validation: str | Path | Sequence | None = None,
-               test: str | Path | Sequence | None = None):
-    """A learner's own splits as a `datasets.DatasetDict` (only the splits given); see load_jsonl."""
+               test: str | Path | Sequence | None = None, **other):
+    """A learner's own splits as a `datasets.DatasetDict` (only the splits given); see load_jsonl.
+
+    The same file in two splits is refused; test or validation inputs that repeat a training
+    input are reported in a warning (exact match on them measures memory, not skill).
+    """
     import datasets
 
-    given = {"train": train, "validation": validation, "test": test}
-    return datasets.DatasetDict({s: load_jsonl(p) for s, p in given.items() if p is not None})
+    if other:
+        raise DataError(f"unknown split(s) {', '.join(other)}: use train=, validation=, test=")
+    if train is None:
+        raise DataError("load_files needs train= (a .jsonl path or a list of paths)")
+    given = {s: p for s, p in {"train": train, "validation": validation, "test": test}.items() if p is not None}
+    owner: dict[Path, str] = {}
+    for split, p in given.items():
+        for f in (p if isinstance(p, (list, tuple)) else [p]):
+            key = Path(f).expanduser().resolve() if isinstance(f, (str, os.PathLike)) else f
+            if key in owner:
+                raise DataError(f"{f} is given as both {owner[key]} and {split}: split it into separate files")
+            owner[key] = split
+    dd = datasets.DatasetDict({s: load_jsonl(p) for s, p in given.items()})
+    seen = set(dd["train"]["input"])
+    for split in [s for s in dd if s != "train"]:
+        rep = [r["id"] for r in dd[split] if r["input"] in seen]
+        if rep:
+            warnings.warn(f"{len(rep)} of {dd[split].num_rows} {split} inputs repeat a training input (first ids: "
+                          f"{', '.join(rep[:_FIRST_IDS])}): their scores measure memory; drop them from one side",
+                          stacklevel=2)
+    return dd
 
 
 def load_split(task: str, split: str):

@@ -33,9 +33,9 @@ def line(**kw) -> str:
 OWN_HINT = "fix that line (format: data/DATASHEET.md)"
 
 
-def one_line_error(fn, *args) -> str:
+def one_line_error(fn, *args, **kwargs) -> str:
     with pytest.raises(data.DataError) as err:
-        fn(*args)
+        fn(*args, **kwargs)
     msg = str(err.value)
     assert "\n" not in msg, msg
     assert "generate.py" not in msg, f"a learner's file must not be sent to the kit's generator: {msg}"
@@ -66,7 +66,9 @@ FILE_CASES = {
     "malformed": (A + "\n" + '{"id": "b", "instr', 2, ["malformed JSON", "column", OWN_HINT]),
     "scalar_line": ('"hello"', 1, ["expected a JSON object", "got str"]),
     "null_line": (A + "\n\nnull", 3, ["got null"]),  # the line number counts the blank line
-    "column_oriented": (json.dumps({f: ["v"] for f in data.REQUIRED_FIELDS}), 1, ["field id must be a string, got array"]),
+    "column_oriented": (json.dumps({f: ["v"] for f in data.REQUIRED_FIELDS}), 1,
+                        ["columns of lists", "orient='records', lines=True"]),
+    "csv": ("id,instruction,input,output\na,i,x,y", 1, ["not JSON Lines (a CSV", "convert it to one JSON object per line"]),
 }
 
 
@@ -110,6 +112,19 @@ def test_missing_file_directory_and_non_path(tmp_path):
     assert "empty list of files" in one_line_error(data.load_jsonl, [])
 
 
+def test_glob_pattern_and_unreadable_file(tmp_path, monkeypatch):
+    assert "pass a list of files" in one_line_error(data.load_jsonl, str(tmp_path / "*.jsonl"))
+    path = tmp_path / "locked.jsonl"
+    path.write_text(A + "\n")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(path), "read_bytes", denied)  # root reads through chmod 000, so simulate it
+    msg = one_line_error(data.load_jsonl, path)
+    assert msg == f"{path}: cannot be read (Permission denied); check its permissions"
+
+
 def test_duplicate_id_across_files_of_a_split(tmp_path):
     (tmp_path / "p1.jsonl").write_text(A + "\n")
     (tmp_path / "p2.jsonl").write_text(B + "\n" + A + "\n")
@@ -144,9 +159,21 @@ def test_valid_edge_cases_load(tmp_path, content):
 
 def test_load_files_gives_the_splits_given(tmp_path):
     (tmp_path / "tr.jsonl").write_text(A + "\n" + B + "\n")
-    (tmp_path / "te.jsonl").write_text(line(id="t") + "\n")
+    (tmp_path / "te.jsonl").write_text(line(id="t", input="three coffees to Rome") + "\n")
     dd = data.load_files(train=tmp_path / "tr.jsonl", test=str(tmp_path / "te.jsonl"))
     assert list(dd) == ["train", "test"] and dd["train"].num_rows == 2 and dd["test"]["id"] == ["t"]
+
+
+def test_load_files_refuses_what_would_mislead(tmp_path):
+    (tmp_path / "tr.jsonl").write_text(A + "\n" + B + "\n")
+    (tmp_path / "te.jsonl").write_text(line(id="t") + "\n" + line(id="u", input="new") + "\n")
+    msg = one_line_error(data.load_files, tmp_path / "tr.jsonl", None, tmp_path / "tr.jsonl")
+    assert "tr.jsonl is given as both train and test" in msg and "separate files" in msg
+    assert "unknown split(s) valid: use train=, validation=, test=" in one_line_error(
+        lambda: data.load_files(train=tmp_path / "tr.jsonl", valid=tmp_path / "te.jsonl"))
+    assert "needs train=" in one_line_error(data.load_files, None)
+    with pytest.warns(UserWarning, match=r"1 of 2 test inputs repeat a training input \(first ids: t\)"):
+        data.load_files(train=tmp_path / "tr.jsonl", test=tmp_path / "te.jsonl")
 
 
 def test_loading_local_files_never_contacts_a_hub(tmp_path, monkeypatch):
