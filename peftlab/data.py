@@ -369,10 +369,10 @@ def encode(tok, record: dict, max_length: int = 256) -> dict[str, list[int]]:
         raise DataError(f"record {record['id']!r}: its answer needs {need} tokens (assistant header + "
                         f"answer + end token) but max_length={max_length}: raise max_length to {need} "
                         "or shorten the output")
-    if cut:
-        warnings.warn(f"record {record['id']!r} is longer than max_length={max_length}: {cut} prompt tokens "
-                      f"cut from the left, answer kept whole; raise max_length to {max_length + cut} to keep "
-                      "it whole", stacklevel=2)
+    if cut:  # one text per max_length, so Python shows it once, not once per record
+        warnings.warn(f"records longer than max_length={max_length} get their prompt cut from the left, answer "
+                      "kept whole; data.tokenize(ds, tok, max_length) counts them and names the length that "
+                      "keeps them whole", stacklevel=2)
     return enc
 
 
