@@ -68,7 +68,8 @@ FILE_CASES = {
     "null_line": (A + "\n\nnull", 3, ["got null"]),  # the line number counts the blank line
     "column_oriented": (json.dumps({f: ["v"] for f in data.REQUIRED_FIELDS}), 1,
                         ["columns of lists", "orient='records', lines=True"]),
-    "csv": ("id,instruction,input,output\na,i,x,y", 1, ["not JSON Lines (a CSV", "convert it to one JSON object per line"]),
+    "csv": ("id,instruction,input,output\na,i,x,y", 1,
+            ["not JSON Lines (a CSV", "convert it to one JSON object per line"]),
 }
 
 
@@ -204,12 +205,14 @@ def test_records_in_memory_name_index_id_and_field():
     import datasets
 
     assert "no records to train on" in one_line_error(data.tokenize, [], tok())
-    assert "no records to train on" in one_line_error(data.tokenize, datasets.Dataset.from_list([rec()]).select([]), tok())
+    emptied = datasets.Dataset.from_list([rec()]).select([])
+    assert "no records to train on" in one_line_error(data.tokenize, emptied, tok())
     noout = {"id": "q", "instruction": "i", "input": "x"}
     msg = one_line_error(data.tokenize, [rec(), noout], tok())
     assert msg.startswith("records[1] (id 'q'): missing field(s) output")
     ds = datasets.Dataset.from_list([rec(), noout])            # datasets fills the gap with None
-    assert one_line_error(data.tokenize, ds, tok()).startswith("dataset[1] (id 'q'): field output must be a string, got null")
+    msg = one_line_error(data.tokenize, ds, tok())
+    assert msg.startswith("dataset[1] (id 'q'): field output must be a string, got null")
     assert "already used by records[0]" in one_line_error(data.check_records, [rec(), rec()])
     assert "got str" in one_line_error(data.check_records, "my_train.jsonl")
     assert one_line_error(data.encode, tok(), noout).startswith("record 'q': missing field(s) output")
@@ -225,7 +228,7 @@ def supervised(enc) -> int:
 def test_long_prompt_is_cut_from_the_left_and_keeps_the_whole_answer():
     r = rec(input="word " * 60, output="Oslo")
     full = data.encode(tok(), r, 256)
-    with pytest.warns(UserWarning, match=r"longer than max_length=16 get their prompt cut from the left, answer kept whole"):
+    with pytest.warns(UserWarning, match=r"longer than max_length=16 get their prompt cut from the left, answer kept"):
         enc = data.encode(tok(), r, 16)
     assert len(enc["input_ids"]) == len(enc["labels"]) == len(enc["attention_mask"]) == 16
     assert enc["input_ids"] == full["input_ids"][-16:] and enc["labels"] == full["labels"][-16:]
@@ -298,5 +301,6 @@ def test_collator_settings(kwargs, needle):
 
 
 def test_supervised_tokens_counts_after_the_shift():
-    batch = data.Collator(pad_id=0)([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5], "labels": [4, 5]}])
+    rows = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5], "labels": [4, 5]}]
+    batch = data.Collator(pad_id=0)(rows)
     assert data.supervised_tokens(batch) == 3  # row 0: 2 and 3; row 1: 5 (its first label is never predicted)
