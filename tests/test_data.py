@@ -62,9 +62,9 @@ def test_load_split_is_a_dataset():
 @pytest.mark.parametrize("content, needle", [
     ('{"id": "a", "instruction": "i", "input": "x", "output": "y"}\n{"id": "b", "instr\n', ":2: malformed JSON"),
     ('{"id": "a", "instruction": "i", "input": "x"}\n', ":1: missing field(s) output"),
-    ('{"id": "a", "instruction": "i", "input": "x", "output": 3}\n', ":1: field(s) output must be strings"),
-    ("", "the file is empty"),
-    ("\n\n", "the file is empty"),
+    ('{"id": "a", "instruction": "i", "input": "x", "output": 3}\n', ":1: field output must be a string"),
+    ("", ": no records (the file is empty"),
+    ("\n\n", ": no records (the file is empty"),
 ])
 def test_validation_names_file_and_line(tmp_path, content, needle):
     path = tmp_path / "bad.jsonl"
@@ -93,12 +93,12 @@ def test_labels_mask_the_prompt_and_keep_the_answer():
 
 
 def test_collator_pads_to_batch_max_and_masks_padding():
-    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+    rows = [{"input_ids": [5, 6, 7, 8], "labels": [-100, 6, 7, 8]}, {"input_ids": [8, 9], "labels": [-100, 9]}]
     b = data.Collator(pad_id=0)(rows)
-    assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
-    assert b["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
-    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert data.padding_fraction(b) == pytest.approx(2 / 6)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8], [8, 9, 0, 0]]
+    assert b["labels"].tolist() == [[-100, 6, 7, 8], [-100, 9, -100, -100]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert data.padding_fraction(b) == pytest.approx(2 / 8)
     assert data.Collator(pad_id=0, pad_to_multiple_of=8)(rows)["input_ids"].shape == (2, 8)
 
 
