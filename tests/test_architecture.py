@@ -256,12 +256,15 @@ DOCS_LINK = re.compile(r"(?<![\w/.])docs/([\w.-]+\.md)")  # the repository's doc
 
 
 def _text_files():
-    skip = {".git", ".venv", "__pycache__", ".ipynb_checkpoints", "artifacts", "results"}
-    for path in sorted(ROOT.rglob("*")):
-        rel = path.relative_to(ROOT)
-        if path.is_file() and not skip & set(rel.parts) and path.suffix in {".py", ".ipynb", ".md", ".toml",
-                                                                              ".yml", ".sh", ".txt", ""}:
-            yield rel.as_posix(), path.read_text(errors="replace")
+    """The repository's own text files: tracked or new-and-not-ignored (so no .venv, egg-info, caches)."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\n")
+    skip = {"results"}
+    for rel in sorted(set(filter(None, listed))):
+        path = ROOT / rel
+        if path.is_file() and not skip & set(pathlib.PurePath(rel).parts) and path.suffix in {
+                ".py", ".ipynb", ".md", ".toml", ".yml", ".sh", ".txt", ""}:
+            yield rel, path.read_text(errors="replace")
 
 
 def test_nothing_cites_outside_the_repository():
