@@ -27,7 +27,8 @@ def plotly_output(fig) -> dict:
 
     spec = json.loads(pio.to_json(fig, validate=False))
     return {"output_type": "display_data", "metadata": {},
-            "data": {"application/vnd.plotly.v1+json": spec, "text/plain": f"<Figure: {fig.layout.title.text}>"}}
+            "data": {"application/vnd.plotly.v1+json": spec,
+                     "text/plain": f"<Figure: {fig.layout.title.text}>"}}
 
 
 def message_html(message: str) -> str:

@@ -132,10 +132,10 @@ def _optimizer(s: Settings, tensors: list[int], pbytes: int) -> int:
 @dataclass
 class _Block:
     """One block's accounting: the run's facts, and the storages saved so far."""
-    a: Arch
-    s: Settings
-    st: Stack
-    T: int                    # sequence length (the eager softmax keeps T×T per head)
+    arch: Arch
+    run: Settings
+    stack: Stack
+    seq_len: int              # T (the eager softmax keeps T×T per head)
     x: int                    # bytes of one element of the residual stream / activations
     ad: int                   # bytes of one adapter element (PEFT: fp32)
     saved: dict = field(default_factory=dict)     # key -> bytes per token (one key per storage)
@@ -143,11 +143,11 @@ class _Block:
 
     @property
     def full(self) -> bool:
-        return self.s.method == "full"
+        return self.run.method == "full"
 
     @property
     def targets(self) -> set:
-        return set(self.s.targets)
+        return set(self.run.targets)
 
 
 def norm_saved(b: _Block, key_in: str, key_out: str, needs_grad: bool) -> None:
@@ -156,22 +156,22 @@ def norm_saved(b: _Block, key_in: str, key_out: str, needs_grad: bool) -> None:
     keeps its input and mean + rstd. A trainable norm weight also keeps the normalized x."""
     if not needs_grad:
         return
-    h, x = b.a.hidden, b.x
-    if b.a.rmsnorm and b.st.rms_fp32_copy:
+    h, x = b.arch.hidden, b.x
+    if b.arch.rmsnorm and b.stack.rms_fp32_copy:
         b.saved[key_in if x == 4 else key_in + "_fp32"] = 4 * h    # an fp32 stream needs no copy
         b.saved[key_out + "_rstd"] = 4
         if b.full:
             b.saved[key_out + "_pre"] = h * x
     else:
         b.saved[key_in] = h * x
-        b.saved[key_out + "_stats"] = 4 if b.a.rmsnorm else 8
+        b.saved[key_out + "_stats"] = 4 if b.arch.rmsnorm else 8
 
 
 def linear_saved(b: _Block, key: str, d_in: int, needs_grad: bool) -> None:
     """The base linear reading storage `key`: a frozen W keeps nothing of its input (the input
     gradient needs only W); a trainable W keeps its input for dW = gᵀx; bitsandbytes ≤ 0.4x
     MatMul4Bit kept its input A even when W is frozen (Stack.bnb_keeps_input)."""
-    keep_in = b.s.method in ("qlora", "qdora") and b.st.bnb_keeps_input
+    keep_in = b.run.method in ("qlora", "qdora") and b.stack.bnb_keeps_input
     if b.full or (keep_in and needs_grad):
         b.saved[key] = d_in * b.x
 
@@ -181,9 +181,9 @@ def lora_saved(b: _Block, names: list[str], key: str, d_in: int, needs_grad: boo
     `lora_B(lora_A(dropout(x)))` with x cast to lora_A's dtype: A keeps its (cast) input, dropout
     its mask, B keeps A's output (r wide). DoRA (Liu et al. 2024, arXiv:2402.09353) also keeps the
     base and LoRA results for m's gradient, and once per step ‖W + sBA‖ and m/‖·‖."""
-    a, s, x, ad, tg = b.a, b.s, b.x, b.ad, b.targets
+    a, s, x, ad, tg = b.arch, b.run, b.x, b.ad, b.targets  # short names for the formulas
     mods = [n for n in names if n in tg]
-    if b.st.fused_qkv and mods and names[0] == "q_proj":
+    if b.stack.fused_qkv and mods and names[0] == "q_proj":
         mods = ["qkv"]                                       # Lit-GPT: one LoRA on the fused qkv
         outs = sum(a.linears()[n][1] for n in names if n in tg)
         if len(tg & set(names)) < 3:
@@ -209,20 +209,20 @@ def attention_saved(b: _Block, rq: bool, rk: bool, rv: bool) -> None:
     """Attention after RoPE, given which of q, k, v need a gradient. SDPA (flash / memory-efficient)
     keeps q, k, v, its output and a log-sum-exp per head; eager attention keeps each matmul's
     operands for the other's gradient and the T×T softmax (fp32 in HF, cast to the stream dtype)."""
-    a, st, x = b.a, b.st, b.x
+    a, st, x = b.arch, b.stack, b.x
     q, kv = a.heads * a.hd, a.kv_heads * a.hd
     if not (rq or rk or rv):
         return
-    if b.s.attn == "eager":
+    if b.run.attn == "eager":
         rep = q                                              # repeat_kv: k and v at every query head
         if rk:
             b.saved["q_rot"] = q * x
         if rq:
             b.saved["k_rep"] = rep * x
         if rq or rk:
-            b.saved.update(probs=a.heads * b.T * 4, v_rep=rep * x)
+            b.saved.update(probs=a.heads * b.seq_len * 4, v_rep=rep * x)
         if rv:
-            b.saved["probs" if x == 4 else "probs_cast"] = a.heads * b.T * x
+            b.saved["probs" if x == 4 else "probs_cast"] = a.heads * b.seq_len * x
         return
     k_sdpa = q if (st.fused_qkv and kv != q) else kv         # Lit-GPT expands k, v before SDPA
     b.saved.update(q_rot=q * x, k_rot=k_sdpa * x, out=q * x, lse=a.heads * 4)
@@ -233,8 +233,8 @@ def attention_saved(b: _Block, rq: bool, rk: bool, rv: bool) -> None:
 def mlp_saved(b: _Block) -> None:
     """The MLP between up and down projections (when its output needs grad): SwiGLU keeps
     gate's output, silu(gate) and up's output (three (T, i) tensors); a GELU MLP keeps fc's output."""
-    i, x = b.a.intermediate, b.x
-    if b.a.gated:
+    i, x = b.arch.intermediate, b.x
+    if b.arch.gated:
         b.saved.update(fc_out=i * x, act_out=i * x, up_out=i * x)
     else:
         b.saved["fc_out"] = i * x
@@ -251,8 +251,10 @@ def _block(a: Arch, s: Settings, st: Stack, r_in: bool, T: int) -> tuple[dict, i
     block's output requires grad (r_in: whether its input does)."""
     quant = s.method in ("qlora", "qdora")
     x = 4 if (quant and st.kbit_fp32_stream) else DTYPES[s.dtype]
-    b = _Block(a, s, st, T, x=x, ad=4 if st.adapter_fp32 else x)
+    b = _Block(arch=a, run=s, stack=st, seq_len=T, x=x, ad=4 if st.adapter_fp32 else x)
     tg, full = b.targets, b.full
+    # r_in, r_att, r_mid, r_fc: whether the block input, the attention output, the MLP input and
+    # the MLP activations require grad (nothing upstream of the first trainable tensor is kept)
 
     # attention branch: norm → q, k, v → SDPA → o_proj
     norm_saved(b, "x_in", "n1", r_in)
