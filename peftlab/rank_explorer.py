@@ -9,8 +9,6 @@ Bad input (unknown layer, r out of range) shows a message in the readout, never 
 """
 from __future__ import annotations
 
-import html
-import json
 from collections.abc import Mapping
 
 import torch
@@ -18,6 +16,7 @@ from torch import nn
 from traitlets import Dict, HasTraits, Int, List, Unicode, observe
 
 from . import lora, lowrank, viz
+from .widgets import ModelView, ipw
 
 
 def linear_weights(model: nn.Module, include_head: bool = False) -> dict[str, torch.Tensor]:
@@ -100,62 +99,30 @@ class RankExplorerModel(HasTraits):
                                 f"{d['layer']}: σ_i, cut at r = {d['rank']} (error {d['error']:.3f})")
 
 
-def _plotly_output(fig) -> dict:
-    """A display_data output for an ipywidgets Output: plotly's mime bundle, no kernel needed."""
-    import plotly.io as pio
+class RankExplorer(ModelView):
+    """Dropdown (layer) + slider (rank) → readout + spectrum figure. `display(view)` to show."""
 
-    spec = json.loads(pio.to_json(fig, validate=False))
-    return {"output_type": "display_data", "metadata": {},
-            "data": {"application/vnd.plotly.v1+json": spec, "text/plain": f"<Figure: {fig.layout.title.text}>"}}
+    def __init__(self, model: RankExplorerModel):
+        self.dropdown = ipw.Dropdown(options=model.layers, description="layer")
+        self.slider = ipw.IntSlider(min=1, max=model.max_rank, description="rank r", continuous_update=True)
+        # slider.max follows the matrix; set before linking the value so it is never clamped
+        ipw.dlink((model, "max_rank"), (self.slider, "max"))
+        # layer: a plain link would raise on a name the dropdown does not offer; the model
+        # accepts any string and shows the message instead
+        self.dropdown.value = model.layer if model.layer in model.layers else None
+        ipw.dlink((self.dropdown, "value"), (model, "layer"), lambda v: v or "")
+        model.observe(self._sync_layer, names="layer")
+        ipw.link((model, "rank"), (self.slider, "value"))
+        super().__init__(model, [ipw.HBox([self.dropdown, self.slider])], watch=["summary", "message"],
+                         css="peftlab-rank-explorer")
+        for w, cls in ((self.dropdown, "layer-dropdown"), (self.slider, "rank-slider"),
+                       (self.readout, "rank-readout"), (self.plot, "rank-plot")):
+            w.add_class(f"peftlab-{cls}")
 
+    def _sync_layer(self, change) -> None:
+        if change.new in self.dropdown.options:
+            self.dropdown.value = change.new
 
-try:
-    import ipywidgets as widgets
-except ImportError:  # pragma: no cover - the kit installs ipywidgets
-    widgets = None
-
-
-if widgets is not None:
-    class RankExplorer(widgets.VBox):
-        """Dropdown (layer) + slider (rank) → readout + spectrum figure. `display(view)` to show."""
-
-        def __init__(self, model: RankExplorerModel):
-            self.model = model
-            self.dropdown = widgets.Dropdown(options=model.layers, description="layer")
-            self.slider = widgets.IntSlider(min=1, max=model.max_rank, description="rank r",
-                                            continuous_update=True)
-            self.readout = widgets.HTML()
-            self.plot = widgets.Output()
-            self.dropdown.add_class("peftlab-layer-dropdown")
-            self.slider.add_class("peftlab-rank-slider")
-            self.readout.add_class("peftlab-rank-readout")
-            self.plot.add_class("peftlab-rank-plot")
-            # slider.max follows the matrix; set before linking the value so it is never clamped
-            widgets.dlink((model, "max_rank"), (self.slider, "max"))
-            # layer: a plain link would raise on a name the dropdown does not offer; the model
-            # accepts any string and shows the message instead
-            self.dropdown.value = model.layer if model.layer in model.layers else None
-            widgets.dlink((self.dropdown, "value"), (model, "layer"), lambda v: v or "")
-            model.observe(self._sync_layer, names="layer")
-            widgets.link((model, "rank"), (self.slider, "value"))
-            super().__init__([widgets.HBox([self.dropdown, self.slider]), self.readout, self.plot])
-            self.add_class("peftlab-rank-explorer")
-            self.figure = None
-            model.observe(self._render, names=["summary", "message"])
-            self._render()
-
-        def _sync_layer(self, change) -> None:
-            if change.new in self.dropdown.options:
-                self.dropdown.value = change.new
-
-        def _render(self, change=None) -> None:
-            text = self.model.readout()
-            self.readout.value = f"<span style='font-family:monospace'>{html.escape(text)}</span>"
-            fig = self.model.figure()
-            if fig is not None:  # keep the last good figure while the input is invalid
-                self.figure = fig
-                self.plot.outputs = (_plotly_output(fig),)
-
-        @classmethod
-        def from_model(cls, model: nn.Module, layer: str | None = None, rank: int = 8) -> "RankExplorer":
-            return cls(RankExplorerModel(linear_weights(model), layer=layer, rank=rank))
+    @classmethod
+    def from_model(cls, model: nn.Module, layer: str | None = None, rank: int = 8) -> "RankExplorer":
+        return cls(RankExplorerModel(linear_weights(model), layer=layer, rank=rank))

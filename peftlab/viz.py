@@ -1,7 +1,8 @@
 """Plotly figure builders: pure functions that take data and return a `go.Figure`.
 
-They never call `.show()` and never import `ui` or widget code, so tests can
-check a figure's data without a browser. Lessons add their builders here.
+They never call `.show()` and never import widget code, so tests can
+check a figure's data without a browser. Sections follow the notebooks (00 → 06);
+a lesson adds its builders to its own section.
 """
 from __future__ import annotations
 
@@ -18,7 +19,20 @@ def _fig(title: str, xaxis: str, yaxis: str, **layout) -> go.Figure:
     return fig
 
 
-# --- notebook 01: low rank and LoRA ------------------------------------------------------------
+# --- notebook 00: start here ----------------------------------------------------------------------
+
+def footprint_bars(named_bytes: dict[str, int], title: str = "Memory") -> go.Figure:
+    """One bar per setting, height in MB, labelled with MB and the share of the first bar."""
+    names = list(named_bytes)
+    mb = [named_bytes[n] / 1e6 for n in names]
+    base = mb[0] if mb and mb[0] else 1.0
+    fig = _fig(title, "", "MB")
+    fig.add_bar(x=names, y=mb, text=[f"{v:.1f} MB ({v / base:.0%})" for v in mb], textposition="outside")
+    fig.update_yaxes(range=[0, max(mb + [0]) * 1.2])
+    return fig
+
+
+# --- notebook 01: low rank and LoRA (and the rank explorer) ---------------------------------------
 
 def spectrum_cut(s, r: int, title: str = "") -> go.Figure:
     """Singular values σ_i (log scale): the top r kept by a rank-r approximation, the rest cut."""
@@ -67,79 +81,7 @@ def subspace_heatmap(phi, title: str, xaxis: str = "j (top-j directions, r = 64)
     return fig
 
 
-def footprint_bars(named_bytes: dict[str, int], title: str = "Memory") -> go.Figure:
-    """One bar per setting, height in MB, labelled with MB and the share of the first bar."""
-    names = list(named_bytes)
-    mb = [named_bytes[n] / 1e6 for n in names]
-    base = mb[0] if mb and mb[0] else 1.0
-    fig = _fig(title, "", "MB")
-    fig.add_bar(x=names, y=mb, text=[f"{v:.1f} MB ({v / base:.0%})" for v in mb], textposition="outside")
-    fig.update_yaxes(range=[0, max(mb + [0]) * 1.2])
-    return fig
-
-
-# --- notebook 03: DoRA ---------------------------------------------------------------------------
-
-def magnitude_by_layer(mags: dict, title: str = "DoRA magnitude m = ‖W‖_c per output row") -> go.Figure:
-    """One box per layer of the row norms {layer: values (out,)}: the magnitudes DoRA starts from."""
-    fig = _fig(title, "layer", "‖W_row‖₂")
-    for layer, values in mags.items():
-        fig.add_box(y=[float(v) for v in values], name=str(layer), boxpoints=False,
-                    marker_color="#1f77b4", showlegend=False)
-    return fig
-
-
-def delta_md_scatter(rows_by_method: dict, ours: dict, paper: dict,
-                     title: str = "ΔM against ΔD (DoRA paper, Fig. 2)") -> go.Figure:
-    """One panel per method: a point per (checkpoint, layer) with ΔD on x and ΔM on y, coloured by step.
-
-    rows_by_method: {method: [{"step", "layer", "dM", "dD"}, ...]}; ours / paper: {method: correlation}.
-    """
-    from plotly.subplots import make_subplots
-
-    methods = list(rows_by_method)
-    names = [f"{m}: r = {ours.get(m, float('nan')):+.2f} (paper {paper[m]:+.2f})" if m in paper
-             else f"{m}: r = {ours.get(m, float('nan')):+.2f}" for m in methods]
-    fig = make_subplots(rows=1, cols=len(methods), subplot_titles=names, horizontal_spacing=0.08)
-    steps = sorted({r["step"] for rows in rows_by_method.values() for r in rows}) or [0]
-    for i, m in enumerate(methods, start=1):
-        rows = rows_by_method[m]
-        fig.add_scatter(x=[r["dD"] for r in rows], y=[r["dM"] for r in rows], mode="markers",
-                        text=[f"step {r['step']}, layer {r['layer']}" for r in rows], name=m,
-                        marker=dict(color=[r["step"] for r in rows], colorscale="Viridis", cmin=steps[0],
-                                    cmax=steps[-1], size=6, showscale=i == len(methods),
-                                    colorbar=dict(title="step")),
-                        showlegend=False, row=1, col=i)
-        fig.update_xaxes(title_text="ΔD (mean 1 − cos)", exponentformat="e", row=1, col=i)
-    fig.update_yaxes(title_text="ΔM (mean |Δ‖row‖|)", exponentformat="e", row=1, col=1)
-    fig.update_layout(template=TEMPLATE, title=title, margin=dict(l=60, r=20, t=80, b=50))
-    return fig
-
-
-# --- VRAM planner (notebook 05) -----------------------------------------------------------
-
-def vram_stacked(breakdowns: dict, title: str = "Predicted peak memory", unit: float = 1e9) -> go.Figure:
-    """Stacked bars: one bar per label, one segment per breakdown term ({label: {term: bytes}})."""
-    fig = _fig(title, "", "GB" if unit == 1e9 else "GiB", barmode="stack")
-    labels = list(breakdowns)
-    terms = list(dict.fromkeys(k for b in breakdowns.values() for k in b))
-    for term in terms:
-        fig.add_bar(name=term, x=labels, y=[breakdowns[lab].get(term, 0) / unit for lab in labels])
-    return fig
-
-
-def predicted_vs_measured(labels: list[str], predicted: list[float], measured: list[float],
-                          title: str = "Estimator vs measured peak", unit: str = "GB") -> go.Figure:
-    """Scatter of predicted against measured with the y = x line; hover shows the row label."""
-    fig = _fig(title, f"measured ({unit})", f"predicted ({unit})")
-    hi = max(list(predicted) + list(measured)) * 1.05
-    fig.add_scatter(x=[0, hi], y=[0, hi], mode="lines", name="y = x", line=dict(dash="dash", color="grey"))
-    fig.add_scatter(x=list(measured), y=list(predicted), mode="markers", name="rows", text=list(labels),
-                    hovertemplate="%{text}<br>measured %{x:.2f}<br>predicted %{y:.2f}<extra></extra>")
-    return fig
-
-
-# --- notebook 02: NF4 quantization --------------------------------------------------------------
+# --- notebook 02: NF4 quantization (and the block explorer) ---------------------------------------
 
 def distribution_vs_normal(centers, density, title: str, log_y: bool = True) -> go.Figure:
     """A histogram (bin centres, density) of standardized values against the N(0, 1) density."""
@@ -190,7 +132,94 @@ def grouped_bars(categories: list[str], series: dict, title: str, yaxis: str,
     return fig
 
 
-# --- notebook 06: the showdown -----------------------------------------------------------------
+# --- notebook 03: DoRA ----------------------------------------------------------------------------
+
+def magnitude_by_layer(mags: dict, title: str = "DoRA magnitude m = ‖W‖_c per output row") -> go.Figure:
+    """One box per layer of the row norms {layer: values (out,)}: the magnitudes DoRA starts from."""
+    fig = _fig(title, "layer", "‖W_row‖₂")
+    for layer, values in mags.items():
+        fig.add_box(y=[float(v) for v in values], name=str(layer), boxpoints=False,
+                    marker_color="#1f77b4", showlegend=False)
+    return fig
+
+
+def delta_md_scatter(rows_by_method: dict, ours: dict, paper: dict,
+                     title: str = "ΔM against ΔD (DoRA paper, Fig. 2)") -> go.Figure:
+    """One panel per method: a point per (checkpoint, layer) with ΔD on x and ΔM on y, coloured by step.
+
+    rows_by_method: {method: [{"step", "layer", "dM", "dD"}, ...]}; ours / paper: {method: correlation}.
+    """
+    from plotly.subplots import make_subplots
+
+    methods = list(rows_by_method)
+    names = [f"{m}: r = {ours.get(m, float('nan')):+.2f} (paper {paper[m]:+.2f})" if m in paper
+             else f"{m}: r = {ours.get(m, float('nan')):+.2f}" for m in methods]
+    fig = make_subplots(rows=1, cols=len(methods), subplot_titles=names, horizontal_spacing=0.08)
+    steps = sorted({r["step"] for rows in rows_by_method.values() for r in rows}) or [0]
+    for i, m in enumerate(methods, start=1):
+        rows = rows_by_method[m]
+        fig.add_scatter(x=[r["dD"] for r in rows], y=[r["dM"] for r in rows], mode="markers",
+                        text=[f"step {r['step']}, layer {r['layer']}" for r in rows], name=m,
+                        marker=dict(color=[r["step"] for r in rows], colorscale="Viridis", cmin=steps[0],
+                                    cmax=steps[-1], size=6, showscale=i == len(methods),
+                                    colorbar=dict(title="step")),
+                        showlegend=False, row=1, col=i)
+        fig.update_xaxes(title_text="ΔD (mean 1 − cos)", exponentformat="e", row=1, col=i)
+    fig.update_yaxes(title_text="ΔM (mean |Δ‖row‖|)", exponentformat="e", row=1, col=1)
+    fig.update_layout(template=TEMPLATE, title=title, margin=dict(l=60, r=20, t=80, b=50))
+    return fig
+
+
+# --- notebook 04: a full QLoRA fine-tune ----------------------------------------------------------
+
+def loss_curve(series: dict, title: str = "training loss", log_y: bool = True) -> go.Figure:
+    """Training loss against optimizer step, one line per run {name: (steps, losses)}.
+
+    Works with empty lists (the live plot's first frame); log y because loss falls by orders of magnitude.
+    """
+    fig = _fig(title, "optimizer step", "loss (answer tokens)")
+    for name, (steps, losses) in series.items():
+        fig.add_scatter(x=[int(s) for s in steps], y=[float(v) for v in losses], mode="lines+markers",
+                        marker_size=4, name=str(name))
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def before_after_fields(before: dict, after: dict, title: str = "per-field accuracy on the test split",
+                        labels: tuple[str, str] = ("before", "after")) -> go.Figure:
+    """Grouped bars of per-field scores {field: share correct} before and after training (0–1)."""
+    keys = list(after) or list(before)
+    fig = grouped_bars(keys, {labels[0]: [before.get(k, 0.0) for k in keys],
+                              labels[1]: [after.get(k, 0.0) for k in keys]}, title, "share correct", "{:.2f}")
+    fig.update_yaxes(range=[0, 1.15])
+    return fig
+
+
+# --- notebook 05: the VRAM planner ----------------------------------------------------------------
+
+def vram_stacked(breakdowns: dict, title: str = "Predicted peak memory", unit: float = 1e9) -> go.Figure:
+    """Stacked bars: one bar per label, one segment per breakdown term ({label: {term: bytes}})."""
+    fig = _fig(title, "", "GB" if unit == 1e9 else "GiB", barmode="stack")
+    labels = list(breakdowns)
+    terms = list(dict.fromkeys(k for b in breakdowns.values() for k in b))
+    for term in terms:
+        fig.add_bar(name=term, x=labels, y=[breakdowns[lab].get(term, 0) / unit for lab in labels])
+    return fig
+
+
+def predicted_vs_measured(labels: list[str], predicted: list[float], measured: list[float],
+                          title: str = "Estimator vs measured peak", unit: str = "GB") -> go.Figure:
+    """Scatter of predicted against measured with the y = x line; hover shows the row label."""
+    fig = _fig(title, f"measured ({unit})", f"predicted ({unit})")
+    hi = max(list(predicted) + list(measured)) * 1.05
+    fig.add_scatter(x=[0, hi], y=[0, hi], mode="lines", name="y = x", line=dict(dash="dash", color="grey"))
+    fig.add_scatter(x=list(measured), y=list(predicted), mode="markers", name="rows", text=list(labels),
+                    hovertemplate="%{text}<br>measured %{x:.2f}<br>predicted %{y:.2f}<extra></extra>")
+    return fig
+
+
+# --- notebook 06: the showdown --------------------------------------------------------------------
 
 METHOD_COLORS = {"full": "#7f7f7f", "lora": "#1f77b4", "qlora": "#2ca02c", "dora": "#d62728",
                  "qdora": "#9467bd"}
@@ -234,30 +263,4 @@ def rank_sweep(series: dict, title: str = "rank sweep: held-out exact match agai
                         line=dict(color=METHOD_COLORS.get(name, None)))
     fig.update_xaxes(type="log", tickvals=sorted({r for rs, _ in series.values() for r in rs}))
     fig.update_yaxes(range=[-0.05, 1.05])
-    return fig
-
-
-# --- notebook 04: a full QLoRA fine-tune ---------------------------------------------------------
-
-def loss_curve(series: dict, title: str = "training loss", log_y: bool = True) -> go.Figure:
-    """Training loss against optimizer step, one line per run {name: (steps, losses)}.
-
-    Works with empty lists (the live plot's first frame); log y because loss falls by orders of magnitude.
-    """
-    fig = _fig(title, "optimizer step", "loss (answer tokens)")
-    for name, (steps, losses) in series.items():
-        fig.add_scatter(x=[int(s) for s in steps], y=[float(v) for v in losses], mode="lines+markers",
-                        marker_size=4, name=str(name))
-    if log_y:
-        fig.update_yaxes(type="log")
-    return fig
-
-
-def before_after_fields(before: dict, after: dict, title: str = "per-field accuracy on the test split",
-                        labels: tuple[str, str] = ("before", "after")) -> go.Figure:
-    """Grouped bars of per-field scores {field: share correct} before and after training (0–1)."""
-    keys = list(after) or list(before)
-    fig = grouped_bars(keys, {labels[0]: [before.get(k, 0.0) for k in keys],
-                              labels[1]: [after.get(k, 0.0) for k in keys]}, title, "share correct", "{:.2f}")
-    fig.update_yaxes(range=[0, 1.15])
     return fig

@@ -58,7 +58,7 @@ CASES = [
                dropdown="peftlab-layer-dropdown", readout="peftlab-rank-readout"),
     WidgetCase("05_vram_planner.ipynb", view="peftlab-vram-planner", slider="peftlab-vram-seq-len",
                dropdown="peftlab-vram-method", readout="peftlab-vram-total",
-               cells=("from peftlab import", "vram_planner.VRAMPlanner(")),
+               cells=("from peftlab import", "planner.VRAMPlanner(")),
 ]
 
 

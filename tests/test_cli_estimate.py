@@ -68,3 +68,9 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, needle):
     code, out, err = run(capsys, "estimate", *argv)
     assert code == 2 and out == ""
     assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_fit_line_lists_the_gpus_the_estimate_fits(capsys):
+    code, out, _ = run(capsys, *BASE)
+    fits = [g for g, ok, _ in vram.estimate("llama-2-7b", method="qlora", seq_len=1304).gpu_fits() if ok]
+    assert code == 0 and fits and out.strip().splitlines()[-1].endswith(", ".join(fits))

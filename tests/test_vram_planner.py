@@ -1,11 +1,12 @@
 """The VRAM planner without a kernel: the traitlets model recomputes vram.estimate when a setting
 changes, the view's controls drive the model (dropdown, sliders, config path), the total HTML and
 the plotly figure follow, impossible settings show a message in the widget instead of raising."""
-from peftlab import vram, vram_planner
+from peftlab import vram
+from peftlab.vram import planner
 
 
 def test_model_recomputes_on_every_input():
-    m = vram_planner.PlannerModel(model="llama-2-13b", method="qlora", seq_len=512)
+    m = planner.PlannerModel(model="llama-2-13b", method="qlora", seq_len=512)
     t0 = m.estimate.total
     m.seq_len = 2048
     assert m.estimate.total > t0
@@ -17,7 +18,7 @@ def test_model_recomputes_on_every_input():
 
 
 def test_impossible_settings_give_a_message_not_an_exception():
-    m = vram_planner.PlannerModel(model="smollm2-135m", method="lora")
+    m = planner.PlannerModel(model="smollm2-135m", method="lora")
     m.rank = 200                                    # k_proj/v_proj are only 192 wide
     assert "above min(in, out)" in m.message and m.estimate is None
     assert m.readout() == "Total: —" and m.figure() is None and m.fits() == []
@@ -34,7 +35,7 @@ def test_impossible_settings_give_a_message_not_an_exception():
 
 
 def test_view_controls_drive_the_readout_and_the_figure():
-    v = vram_planner.VRAMPlanner()
+    v = planner.VRAMPlanner()
     assert "peftlab-vram-planner" in v._dom_classes
     for w, cls in ((v.method, "method"), (v.seq_len, "seq-len"), (v.batch, "batch"),
                    (v.rank, "rank"), (v.total, "total")):
@@ -53,7 +54,7 @@ def test_view_controls_drive_the_readout_and_the_figure():
 
 
 def test_view_shows_bad_config_path_inside_the_widget(tmp_path):
-    v = vram_planner.VRAMPlanner()
+    v = planner.VRAMPlanner()
     good = v.total.value
     v.config_path.value = str(tmp_path / "nothing.json")
     assert "cannot read config" in v.message.value and v.total.value == "<b>Total: —</b>"
@@ -61,3 +62,11 @@ def test_view_shows_bad_config_path_inside_the_widget(tmp_path):
     assert v.total.value == good and v.message.value == ""
     v.preset.value = "qwen2.5-0.5b"
     assert v.model.model == "qwen2.5-0.5b" and v.total.value != good
+
+
+def test_gpu_list_and_fit_rule_come_from_the_estimate():
+    v = planner.VRAMPlanner(planner.PlannerModel(model="llama-2-13b", method="qlora"))
+    rows = v.model.fits()
+    assert rows == v.model.estimate.gpu_fits() and [g for g, _, _ in rows] == list(vram.GPUS)
+    for g, ok, free in rows:
+        assert f"{'✅' if ok else '❌'} {g}: {free:+.1f} GB left" in v.gpus.value

@@ -1,37 +1,36 @@
-"""VRAM estimator: the peak memory of one fine-tuning step, term by term, from the architecture.
+"""What the VRAM estimator talks about: architectures, code paths, settings, the result, GPUs.
 
     peak = weights (+ NF4 constants) + adapters + grads + optimizer states
            + activations saved for backward + temporaries            (≈ torch.cuda.max_memory_allocated)
     + CUDA context                                                   (outside the allocator, stated apart)
 
-Activations are counted per block from what autograd really keeps (Korthikanti et
-al. 2022, arXiv:2205.05198, count the same way for full training): a frozen linear
-keeps nothing of its input (its input-gradient needs only W); LoRA's A keeps its input
-(PEFT casts it to the fp32 adapter dtype: one copy per module), dropout keeps its
-mask; SDPA keeps q, k, v, out and a log-sum-exp, eager attention the T×T softmax;
-gated MLPs keep 3 (T, i) tensors; logits are kept in fp32 by the loss. QLoRA (Dettmers
-et al. 2023, arXiv:2305.14314): NF4 = 4 bit + one fp32 absmax per 64 weights, double
-quantization = 8-bit absmax + fp32 per 256 blocks. Which code runs decides the bytes, so
-the code path is named: `Stack` ("hf": transformers + PEFT as used in this kit,
-"litgpt": Lit-GPT 2023, whose published peaks calibrate the model). Measured against
-the embedded model in `vram_measure`; the terms are explained in notebook 05.
+`Arch` is the shape of a decoder-only model (a preset or any Hugging Face config.json),
+`Stack` the facts about the code that runs (which bytes autograd keeps depends on it: "hf" =
+transformers + PEFT as used in this kit, "litgpt" = Lit-GPT 2023, whose published peaks
+calibrate the model), `Settings` one fine-tuning step, `Estimate` the result and `GPUS` the
+cards it is checked against. The counting lives in `vram.terms`; QLoRA's NF4 and double
+quantization are Dettmers et al. 2023, arXiv:2305.14314; the activation accounting follows
+Korthikanti et al. 2022, arXiv:2205.05198.
 """
 from __future__ import annotations
 
 import difflib
 import json
-import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import settings as _settings
+from .. import settings as _settings
 
 GB, GiB = 1e9, 2**30
 METHODS = _settings.METHODS
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd")
 DTYPES = _settings.DTYPE_BYTES  # name -> bytes per element
 CUDA_CONTEXT = 500 * 2**20  # CUDA context + kernels, per process, never in max_memory_allocated
-RESERVED_OVERHEAD = 0.15    # the caching allocator reserves ~10-25% above allocated (FINDINGS.md)
+RESERVED_OVERHEAD = 0.15    # the caching allocator reserves ~10-25% above allocated (docs/findings.md)
+
+# The one GPU list (CLI report, planner widget, notebook 05): name -> memory in GB (1e9 bytes).
+GPUS: dict[str, float] = {"T4 16GB": 16, "RTX 3090/4090 24GB": 24, "A100 40GB": 40, "A100 80GB": 80,
+                          "H100 80GB": 80}
 
 
 @dataclass(frozen=True)
@@ -65,38 +64,48 @@ class Arch:
             d["gate_proj"] = (h, i)
         return d
 
+    def has_bias(self, linear: str) -> bool:
+        """Whether the block's linear `linear` (an HF name) carries a bias vector."""
+        return self.bias or (self.qkv_bias and linear in ("q_proj", "k_proj", "v_proj"))
+
     def n_params(self) -> int:
         lin = sum(a * b for a, b in self.linears().values())
-        biases = sum(o for n, (_, o) in self.linears().items()
-                     if self.bias or (self.qkv_bias and n in ("q_proj", "k_proj", "v_proj")))
+        biases = sum(o for n, (_, o) in self.linears().items() if self.has_bias(n))
         norm = self.hidden * (1 if self.rmsnorm else 2)
         per_block = lin + biases + norm * (1 if self.shared_norm else 2)
         emb = self.vocab * self.hidden * (1 if self.tied else 2)
         return self.layers * per_block + emb + norm
 
 
-def _p(name, h, i, L, nh, kv, V, **kw):
-    return name, Arch(name, h, i, L, nh, kv, V, **kw)
+def _presets(*archs: Arch) -> dict[str, Arch]:
+    return {a.name: a for a in archs}
 
 
-PRESETS: dict[str, Arch] = dict([
-    _p("llama-2-7b", 4096, 11008, 32, 32, 32, 32000),
-    _p("llama-2-13b", 5120, 13824, 40, 40, 40, 32000),
-    _p("llama-2-70b", 8192, 28672, 80, 64, 8, 32000),
-    _p("llama-65b", 8192, 22016, 80, 64, 64, 32000),
-    _p("mistral-7b", 4096, 14336, 32, 32, 8, 32000),
-    _p("llama-3-8b", 4096, 14336, 32, 32, 8, 128256),
-    _p("qwen2.5-0.5b", 896, 4864, 24, 14, 2, 151936, qkv_bias=True, tied=True),
-    _p("qwen2.5-1.5b", 1536, 8960, 28, 12, 2, 151936, qkv_bias=True, tied=True),
-    _p("qwen2.5-7b", 3584, 18944, 28, 28, 4, 152064, qkv_bias=True),
-    _p("smollm2-135m", 576, 1536, 30, 9, 3, 49152, tied=True),
-    _p("smollm2-360m", 960, 2560, 32, 15, 5, 49152, tied=True),
-    _p("smollm2-1.7b", 2048, 8192, 24, 32, 32, 49152, tied=True),
-    _p("phi-1.5", 2048, 8192, 24, 32, 32, 51200, gated=False, rmsnorm=False, bias=True,
-       parallel=True, shared_norm=True),
-    _p("stablelm-alpha-3b", 4096, 16384, 16, 32, 32, 50688, gated=False, rmsnorm=False,
-       bias=True, parallel=True),
-])
+_PHI_LIKE = dict(gated=False, rmsnorm=False, bias=True, parallel=True)  # GELU MLP, LayerNorm, biases
+PRESETS: dict[str, Arch] = _presets(
+    Arch("llama-2-7b", hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32, vocab=32000),
+    Arch("llama-2-13b", hidden=5120, intermediate=13824, layers=40, heads=40, kv_heads=40, vocab=32000),
+    Arch("llama-2-70b", hidden=8192, intermediate=28672, layers=80, heads=64, kv_heads=8, vocab=32000),
+    Arch("llama-65b", hidden=8192, intermediate=22016, layers=80, heads=64, kv_heads=64, vocab=32000),
+    Arch("mistral-7b", hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=32000),
+    Arch("llama-3-8b", hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=128256),
+    Arch("qwen2.5-0.5b", hidden=896, intermediate=4864, layers=24, heads=14, kv_heads=2, vocab=151936,
+         qkv_bias=True, tied=True),
+    Arch("qwen2.5-1.5b", hidden=1536, intermediate=8960, layers=28, heads=12, kv_heads=2, vocab=151936,
+         qkv_bias=True, tied=True),
+    Arch("qwen2.5-7b", hidden=3584, intermediate=18944, layers=28, heads=28, kv_heads=4, vocab=152064,
+         qkv_bias=True),
+    Arch("smollm2-135m", hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, vocab=49152,
+         tied=True),
+    Arch("smollm2-360m", hidden=960, intermediate=2560, layers=32, heads=15, kv_heads=5, vocab=49152,
+         tied=True),
+    Arch("smollm2-1.7b", hidden=2048, intermediate=8192, layers=24, heads=32, kv_heads=32, vocab=49152,
+         tied=True),
+    Arch("phi-1.5", hidden=2048, intermediate=8192, layers=24, heads=32, kv_heads=32, vocab=51200,
+         shared_norm=True, **_PHI_LIKE),
+    Arch("stablelm-alpha-3b", hidden=4096, intermediate=16384, layers=16, heads=32, kv_heads=32,
+         vocab=50688, **_PHI_LIKE),
+)
 ALIASES = {"llama-1-65b": "llama-65b", "llama-3.1-8b": "llama-3-8b", "phi-1_5": "phi-1.5",
            "stablelm-base-alpha-3b": "stablelm-alpha-3b", "embedded": "smollm2-135m"}
 
@@ -116,17 +125,18 @@ def from_config(path: str | Path) -> Arch:
         h = int(c.get("hidden_size") or c["n_embd"])
         nh = int(c.get("num_attention_heads") or c["n_head"])
         mt = c.get("model_type", "")
+        neox_or_phi = mt in ("phi", "gpt_neox")
         arch = Arch(
             name=c.get("_name_or_path") or path.parent.name or "custom", hidden=h,
             intermediate=int(c.get("intermediate_size") or c.get("n_inner") or 4 * h),
             layers=int(c.get("num_hidden_layers") or c["n_layer"]), heads=nh,
             kv_heads=int(c.get("num_key_value_heads") or nh), vocab=int(c["vocab_size"]),
             head_dim=int(c.get("head_dim") or 0),
-            gated=c.get("hidden_act", "silu") in ("silu", "swiglu") and mt not in ("phi", "gpt_neox"),
-            rmsnorm="rms_norm_eps" in c and mt not in ("phi", "gpt_neox"),
-            bias=bool(c.get("mlp_bias") or mt in ("phi", "gpt_neox")),
+            gated=c.get("hidden_act", "silu") in ("silu", "swiglu") and not neox_or_phi,
+            rmsnorm="rms_norm_eps" in c and not neox_or_phi,
+            bias=bool(c.get("mlp_bias") or neox_or_phi),
             qkv_bias=bool(c.get("attention_bias") or mt.startswith("qwen2")),
-            tied=bool(c.get("tie_word_embeddings", mt not in ("phi", "gpt_neox"))),
+            tied=bool(c.get("tie_word_embeddings", not neox_or_phi)),
             parallel=bool(c.get("use_parallel_residual") or mt == "phi"),
             shared_norm=mt == "phi")
     except (KeyError, TypeError, ValueError) as err:
@@ -175,8 +185,11 @@ class Stack:
 
 
 STACKS = {
-    "hf": Stack("hf", True, True, True, False, False, False, True),
-    "litgpt": Stack("litgpt", False, True, False, True, True, True, False),  # litgpt RMSNorm: x.float()
+    "hf": Stack("hf", adapter_fp32=True, rms_fp32_copy=True, kbit_fp32_stream=True,
+                quantize_lm_head=False, bnb_keeps_input=False, fused_qkv=False, fp32_loss=True),
+    "litgpt": Stack("litgpt", adapter_fp32=False, rms_fp32_copy=True,  # litgpt RMSNorm: x.float()
+                    kbit_fp32_stream=False, quantize_lm_head=True, bnb_keeps_input=True,
+                    fused_qkv=True, fp32_loss=False),
 }
 
 
@@ -213,9 +226,22 @@ class Estimate:
         """What torch.cuda.max_memory_allocated() would report (no CUDA context)."""
         return self.total - self.breakdown.get("cuda_context", 0)
 
+    @property
+    def required_bytes(self) -> float:
+        """What a card must hold: the peak + the allocator's reserve (RESERVED_OVERHEAD) + CUDA context."""
+        return self.peak_allocated * (1 + RESERVED_OVERHEAD) + self.breakdown.get("cuda_context", 0)
+
     def fits(self, capacity_gb: float) -> bool:
-        need = self.peak_allocated * (1 + RESERVED_OVERHEAD) + self.breakdown.get("cuda_context", 0)
-        return need <= capacity_gb * GB
+        """Whether a card of `capacity_gb` GB (1e9 bytes) holds `required_bytes`."""
+        return self.required_bytes <= capacity_gb * GB
+
+    def headroom_gb(self, capacity_gb: float) -> float:
+        """GB left on a card of `capacity_gb` GB after `required_bytes` (negative: it does not fit)."""
+        return capacity_gb - self.required_bytes / GB
+
+    def gpu_fits(self, gpus: dict[str, float] | None = None) -> list[tuple[str, bool, float]]:
+        """(gpu, fits, headroom GB) for each card of `gpus` (default: GPUS)."""
+        return [(g, self.fits(cap), self.headroom_gb(cap)) for g, cap in (gpus or GPUS).items()]
 
     def to_json(self) -> dict:
         s = asdict(self.settings)
@@ -223,10 +249,3 @@ class Estimate:
         return {"total_bytes": int(self.total), "peak_allocated_bytes": int(self.peak_allocated),
                 "breakdown": {k: int(v) for k, v in self.breakdown.items()},
                 "settings": {"model": self.arch.name, **s}}
-
-
-from .vram_terms import estimate, normalize_targets  # noqa: E402  (the counting, one screen each)
-from .vram_cli import add_estimate_parser  # noqa: E402,F401  (peftlab estimate)
-
-__all__ = ["Arch", "Settings", "Stack", "Estimate", "PRESETS", "STACKS", "resolve", "from_config",
-           "estimate", "normalize_targets", "add_estimate_parser", "GB", "GiB"]

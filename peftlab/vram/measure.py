@@ -17,8 +17,10 @@ from dataclasses import replace
 
 import torch
 
-from . import models, vram
-from . import settings as settings_mod
+from .. import models
+from .. import settings as settings_mod
+from .spec import GB, Settings, from_config, resolve
+from .terms import estimate
 
 _BASES: dict = {}   # (name, bits, dtype, double_quant) -> loaded base model, reused across grid points
 
@@ -38,7 +40,7 @@ def _base(name, bits, dtype, double_quant, device):
     return _BASES[key]
 
 
-def _storage_bytes(tensors) -> int:
+def _storage_bytes(tensors) -> int:  # to be replaced by peftlab.memory
     seen = {}
     for t in tensors:
         st = t.untyped_storage()
@@ -57,15 +59,15 @@ def _optimizer(name: str, params):
     return cls(params, lr=1e-4)
 
 
-def measure(name: str | None = None, settings: vram.Settings | None = None, **kw) -> dict:
+def measure(name: str | None = None, settings: Settings | None = None, **kw) -> dict:
     """One real training step with `settings` on `settings.device` (cpu or cuda); returns the
     measured breakdown in bytes (+ "peak_allocated" on CUDA)."""
-    s = replace(settings or vram.Settings(device="cpu"), **kw)
+    s = replace(settings or Settings(device="cpu"), **kw)
     if s.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("no CUDA GPU here: measure with device='cpu' (saved-tensor accounting)")
-    arch = vram.resolve(name or "embedded") if name in (None, "embedded") else vram.from_config(
+    arch = resolve(name or "embedded") if name in (None, "embedded") else from_config(
         models.resolve_source(name))
-    s = vram.estimate(arch, s).settings            # validated, targets normalized
+    s = estimate(arch, s).settings            # validated, targets normalized
     quant = s.method in ("qlora", "qdora")
     key = (name, 4 if quant else None, s.dtype, s.double_quant, s.device)
     base = _base(*key)
@@ -103,10 +105,11 @@ def measure(name: str | None = None, settings: vram.Settings | None = None, **kw
             _BASES[key] = model.unload()
 
 
-def _step(model, s: vram.Settings, device) -> dict:
+def _step(model, s: Settings, device) -> dict:
     trainable = [p for p in model.parameters() if p.requires_grad]
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     params |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+    # saved-tensor meter: to be replaced by peftlab.memory
     refs: list = []                     # weak: a graph branch that dies before backward frees its tensors
 
     def pack(t):
@@ -141,18 +144,18 @@ def _step(model, s: vram.Settings, device) -> dict:
     return out
 
 
-def compare(settings: vram.Settings, name: str | None = None) -> dict:
+def compare(settings: Settings, name: str | None = None) -> dict:
     """Predicted and measured (on CPU, where every saved byte is deterministic) side by side."""
     s = replace(settings, device="cpu", stack="hf")
     meas = measure(name, s)
-    est = vram.estimate(name or "embedded", s)
+    est = estimate(name or "embedded", s)
     row = {f"pred {k}": est.breakdown[k] for k in meas if k in est.breakdown}
     row.update({f"meas {k}": v for k, v in meas.items()})
     row["activation error"] = est.breakdown["activations"] / meas["activations"] - 1
     return row
 
 
-# Published peaks that calibrate the estimator (FINDINGS.md): Lit-GPT resource tables, A100,
+# Published peaks that calibrate the estimator (docs/findings.md): Lit-GPT resource tables, A100,
 # bf16-true, LoRA r=8 α=16 on q,v, dropout 0.05, AdamW (PagedAdamW when 4-bit), no checkpointing,
 # first step on the longest sample; metric torch.cuda.max_memory_allocated()/1e9.
 LITGPT_PEAKS = [  # (model, quant, micro-batch, longest sample, peak GB)
@@ -167,9 +170,9 @@ LITGPT_PEAKS = [  # (model, quant, micro-batch, longest sample, peak GB)
 ]
 
 
-def litgpt_settings(quant: str, batch: int, seq_len: int) -> vram.Settings:
+def litgpt_settings(quant: str, batch: int, seq_len: int) -> Settings:
     """The settings of one Lit-GPT row, spelled in the estimator's terms (the same for every row)."""
-    return vram.Settings(method="lora" if quant == "none" else "qlora", rank=8, targets=("q_proj", "v_proj"),
+    return Settings(method="lora" if quant == "none" else "qlora", rank=8, targets=("q_proj", "v_proj"),
                          seq_len=seq_len, batch=batch, dtype="bf16", double_quant=quant == "nf4+dq",
                          lora_dropout=0.05, optimizer="adamw" if quant == "none" else "paged_adamw_32bit",
                          device="cuda", stack="litgpt")
@@ -179,7 +182,7 @@ def calibration() -> list[dict]:
     """Every published row with the prediction (peak allocated, GB) and the relative error."""
     rows = []
     for model, quant, batch, seq, peak in LITGPT_PEAKS:
-        pred = vram.estimate(model, litgpt_settings(quant, batch, seq)).peak_allocated / vram.GB
+        pred = estimate(model, litgpt_settings(quant, batch, seq)).peak_allocated / GB
         rows.append({"model": model, "quant": quant, "batch": batch, "seq_len": seq,
                      "measured GB": peak, "predicted GB": round(pred, 2), "error": pred / peak - 1})
     return rows
@@ -189,8 +192,8 @@ def cuda_check(seq_len: int = 512, batch: int = 2) -> str:
     """On a CUDA GPU: predicted peak vs torch.cuda.max_memory_allocated() for a bf16 LoRA step."""
     if not torch.cuda.is_available():
         return "no CUDA GPU here: the max_memory_allocated comparison runs in the gpu profile"
-    s = vram.Settings(method="lora", dtype="bf16", seq_len=seq_len, batch=batch, device="cuda")
+    s = Settings(method="lora", dtype="bf16", seq_len=seq_len, batch=batch, device="cuda")
     meas = measure(None, s)["peak_allocated"]
-    pred = vram.estimate("embedded", s).peak_allocated
+    pred = estimate("embedded", s).peak_allocated
     return (f"bf16 LoRA {batch}×{seq_len}: predicted peak {pred / 1e6:.0f} MB, "
             f"max_memory_allocated {meas / 1e6:.0f} MB ({100 * (pred / meas - 1):+.1f}%)")
