@@ -78,9 +78,9 @@ def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
 
     AdamW: two moments per trainable parameter in its dtype (8 B/param in fp32); bitsandbytes
     8-bit AdamW: two uint8 states + one fp32 absmax per 256 values each + two shared 256-entry
-    tables (Dettmers et al. 2022, arXiv:2110.02861). 0-d tensors (AdamW's step count, kept on
-    the CPU unless capturable) are bookkeeping, not state, and are not counted. Empty before
-    the first `step()`: optimizers allocate state lazily.
+    tables (Dettmers et al. 2022, arXiv:2110.02861). 0-d tensors (AdamW's step count, on the
+    CPU unless fused or capturable) are bookkeeping, not state, and are not counted. Empty
+    before the first `step()`: optimizers allocate state lazily.
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"expected a torch.optim.Optimizer (bitsandbytes' are ones), got {type(optimizer).__name__}")
