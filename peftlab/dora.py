@@ -11,14 +11,12 @@ per ROW (dim=1). A norm per input column (dim=0) is a common from-scratch mistak
 `DoRALinear` subclasses `lora.LoRALinear` (same A, B, scaling, validation) and adds
 the magnitude `lora_magnitude_vector` (out,), so a PEFT `use_dora=True` layer copies
 into it by state dict. The second half measures the paper's ΔM and ΔD (§2.2) between
-weight states and counts the bytes autograd saves (the §4.3 norm detach).
+weight states; what the §4.3 norm detach saves is counted with `memory.SavedTensorMeter`.
 """
 from __future__ import annotations
 
 import re
-import weakref
-from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -244,31 +242,3 @@ class MDRecorder(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
             self.record(model, state.global_step)
-
-
-# ---------------------------------------------------------------- saved-tensor accounting (§4.3)
-
-@contextmanager
-def saved_tensor_bytes(exclude: Iterable[Tensor] = ()) -> Iterator[dict]:
-    """Count the bytes autograd holds for backward when the block exits, each storage once.
-
-    Run the forward inside the block and keep its output: what a freed branch of the graph
-    saved (e.g. a result used only detached) is gone by then and is not counted. Tensors in
-    `exclude` (pass the model's parameters) are not activations and are skipped.
-    Yields a dict whose "bytes" and "tensors" are filled when the block exits.
-    """
-    skip = {t.untyped_storage().data_ptr() for t in exclude}
-    saved: list[tuple[weakref.ref, int, int]] = []
-    box = {"bytes": 0, "tensors": 0}
-
-    def pack(t: Tensor) -> Tensor:
-        s = t.untyped_storage()
-        t = t.detach()  # same storage; returning t itself would tie a saved output to its own grad_fn
-        if s.data_ptr() not in skip:
-            saved.append((weakref.ref(t), s.data_ptr(), s.nbytes()))
-        return t  # the graph holds t; our weak reference dies with that part of the graph
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        yield box
-    alive = {ptr: n for ref, ptr, n in saved if ref() is not None}
-    box["bytes"], box["tensors"] = sum(alive.values()), len(alive)

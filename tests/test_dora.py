@@ -6,7 +6,8 @@ PEFT's lora.Linear + DoraLinearLayer after a state-dict copy, over a table of
 magnitude so that every term is non-trivial; dropout in training mode with the
 same seed; merge round trip and PEFT's merge_and_unload; the wrong-axis variant
 (norm per input column) failing the same comparison; the §4.3 detach (same
-forward, different A/B gradients, fewer saved bytes); validation shared with
+forward, different A/B gradients, one (out, in) V fewer saved for backward, counted by
+peftlab.memory); validation shared with
 lora.py; ΔM / ΔD on weights whose answer is known.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from peftlab import dora, lora
+from peftlab import dora, lora, memory
 
 IN, OUT = 24, 16
 # tolerances: ours runs PEFT's ops in PEFT's order, and the measured differences are exactly 0
@@ -159,9 +160,9 @@ def test_detach_changes_ab_gradients_not_forward_or_m():
     dora.copy_from_peft(det, theirs)
     dora.copy_from_peft(full, theirs)
     x, g = torch.randn(5, IN), torch.randn(5, OUT)
-    with dora.saved_tensor_bytes(exclude=det.parameters()) as s_det:
+    with memory.SavedTensorMeter(exclude=det) as s_det:
         y_d = det(x.requires_grad_(True))
-    with dora.saved_tensor_bytes(exclude=full.parameters()) as s_full:
+    with memory.SavedTensorMeter(exclude=full) as s_full:
         y_f = full(x)
     y_d.backward(g), y_f.backward(g)
     torch.testing.assert_close(y_d, y_f)
@@ -169,17 +170,7 @@ def test_detach_changes_ab_gradients_not_forward_or_m():
     assert not torch.allclose(det.lora_A.weight.grad, full.lora_A.weight.grad, atol=1e-5)
     assert not torch.allclose(det.lora_B.weight.grad, full.lora_B.weight.grad, atol=1e-5)
     # without the detach autograd keeps V = W + sBA (out, in) for the norm's backward
-    assert s_full["bytes"] - s_det["bytes"] >= OUT * IN * 4
-
-
-def test_saved_tensor_bytes_counts_activations_only():
-    w = nn.Parameter(torch.randn(8, 8))
-    x = torch.randn(4, 8, requires_grad=True)
-    with dora.saved_tensor_bytes(exclude=[w]) as s:
-        y = x @ w
-        _ = (x * 2).exp().detach()  # a branch freed at once: its saved tensors are not counted
-    assert s["bytes"] == x.numel() * 4 and s["tensors"] == 1
-    y.sum().backward()
+    assert s_full.bytes - s_det.bytes == OUT * IN * 4
 
 
 def test_validation_is_shared_with_lora():
