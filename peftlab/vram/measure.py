@@ -10,14 +10,12 @@ random token ids of the chosen length: memory depends on shapes, not on words.
 """
 from __future__ import annotations
 
-import gc
 import warnings
-import weakref
 from dataclasses import replace
 
 import torch
 
-from .. import models
+from .. import memory, models
 from .. import settings as settings_mod
 from .spec import GB, Settings, from_config, resolve
 from .terms import estimate
@@ -38,14 +36,6 @@ def _base(name, bits, dtype, double_quant, device):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         _BASES[key] = model
     return _BASES[key]
-
-
-def _storage_bytes(tensors) -> int:  # to be replaced by peftlab.memory
-    seen = {}
-    for t in tensors:
-        st = t.untyped_storage()
-        seen[st.data_ptr()] = st.nbytes()
-    return sum(seen.values())
 
 
 def _optimizer(name: str, params):
@@ -106,17 +96,8 @@ def measure(name: str | None = None, settings: Settings | None = None, **kw) -> 
 
 
 def _step(model, s: Settings, device) -> dict:
+    """One forward + backward + optimizer step; every term counted by peftlab.memory."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    params |= {b.untyped_storage().data_ptr() for b in model.buffers()}
-    # saved-tensor meter: to be replaced by peftlab.memory
-    refs: list = []                     # weak: a graph branch that dies before backward frees its tensors
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in params:
-            refs.append(weakref.ref(t))
-        return t
-
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (s.batch, s.seq_len), generator=gen).to(device)
     opt = _optimizer(s.optimizer, trainable)
@@ -126,17 +107,14 @@ def _step(model, s: Settings, device) -> dict:
         torch.cuda.reset_peak_memory_stats()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with memory.SavedTensorMeter(exclude=model) as saved:  # held for backward when it starts
             loss = model(input_ids=ids, labels=ids).loss
-        gc.collect()                    # a dead branch caught in a reference cycle is not "kept"
-        activations = _storage_bytes([t for t in (r() for r in refs) if t is not None])
-        loss.backward()
+            loss.backward()
         opt.step()
-    grads = _storage_bytes([p.grad for p in trainable if p.grad is not None])
-    states = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
-    out = {"weights": models.footprint_bytes(model) - _storage_bytes(trainable),
-           "trainable params": _storage_bytes(trainable), "gradients": grads,
-           "optimizer": _storage_bytes(states), "activations": activations}
+    out = {"weights": memory.footprint_bytes(model) - memory.storage_bytes(trainable),
+           "trainable params": memory.storage_bytes(trainable),
+           "gradients": memory.storage_bytes(p.grad for p in trainable),
+           "optimizer": memory.optimizer_bytes(opt), "activations": saved.bytes}
     if cuda:
         out["peak_allocated"] = torch.cuda.max_memory_allocated()
     opt.zero_grad(set_to_none=True)

@@ -82,9 +82,10 @@ def _validate(a: Arch, s: Settings) -> Settings:
 # --- parameters and optimizer states ------------------------------------------------------------
 
 def _nf4_bytes(n: int, dq: bool) -> int:
-    """Packed 4-bit codes + absmax per 64 (fp32, or uint8 + fp32 per 256 blocks + 256-entry code)."""
+    """Packed 4-bit codes + absmax per 64 (fp32, or uint8 + fp32 per 256 blocks + 256-entry code
+    + the fp32 offset subtracted before the second quantization)."""
     nb = math.ceil(n / 64)
-    consts = nb + 4 * math.ceil(nb / 256) + 4 * 256 if dq else 4 * nb
+    consts = nb + 4 * math.ceil(nb / 256) + 4 * 256 + 4 if dq else 4 * nb
     return math.ceil(n / 2) + consts + 4 * 16  # + the 16-value NF4 table
 
 
@@ -117,12 +118,14 @@ def _params(a: Arch, s: Settings, st: Stack) -> tuple[dict, list[int]]:
 
 
 def _optimizer(s: Settings, tensors: list[int], pbytes: int) -> int:
+    """Optimizer state bytes (AdamW: m and v per parameter). torch AdamW's 0-d `step` counters stay
+    on the CPU (not fused/capturable), so they are not GPU memory and peftlab.memory skips them too."""
     if s.optimizer == "sgd":
         return 0
     if s.optimizer == "paged_adamw_32bit" or s.optimizer == "adamw" and pbytes == 4:
-        return sum(2 * 4 * n for n in tensors) + (4 * len(tensors) if s.optimizer == "adamw" else 0)
+        return sum(2 * 4 * n for n in tensors)
     if s.optimizer == "adamw":          # torch AdamW keeps states in the parameter dtype
-        return sum(2 * pbytes * n for n in tensors) + 4 * len(tensors)
+        return sum(2 * pbytes * n for n in tensors)
     # bitsandbytes 8-bit: uint8 states + fp32 absmax per 256; tensors < 4096 stay 32-bit
     return sum(2 * n + 8 * math.ceil(n / 256) if n >= 4096 else 8 * n for n in tensors) + 2 * 256 * 4
 
