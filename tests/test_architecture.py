@@ -24,25 +24,20 @@ PKG = ROOT / "peftlab"
 LAYERS = {
     "foundations": ["settings", "memory", "viz"],
     "from-scratch lessons": ["lowrank", "lora", "nf4", "dora"],
-    "the real stack": ["models", "data", "evaluate", "recipe", "train", "adapters", "vram",
-                       "vram.spec", "vram.terms", "vram.measure", "showdown", "ledger",
-                       "vram_terms", "vram_measure"],  # today: the flat vram modules (issue 13 moves them)
+    "the real stack": ["models", "records", "data", "evaluate", "recipe", "train", "adapters", "vram",
+                       "vram.spec", "vram.terms", "vram.measure", "showdown", "ledger"],
     "apps": ["widgets", "rank_explorer", "block_explorer", "vram.planner", "vram.cli", "cli",
-             "doctor", "exercises",
-             "vram_planner", "vram_cli"],  # today: the flat vram modules (issue 13 moves them)
+             "doctor", "exercises"],
 }
 # Planned modules that may not exist yet. Emptied when they land, so the test ends strict.
-PLANNED = {"memory", "evaluate", "recipe", "adapters", "widgets",
-           "vram.spec", "vram.terms", "vram.measure", "vram.planner", "vram.cli"}
-# Imports tolerated today: the bottom-of-vram.py imports that close the vram ↔ vram_terms and
-# vram ↔ vram_cli circles, and the module that circle breaks when it is imported first.
-# The vram package removes them; then both must be empty.
-TOLERATED = {("vram", "vram_terms"), ("vram", "vram_cli")}
-BROKEN_ALONE = {"vram_terms": "`import peftlab.vram_terms` first: ImportError from the vram ↔ vram_terms circle"}
+PLANNED = {"evaluate", "recipe", "adapters"}
+# Imports tolerated for now (none: the vram package removed the circles), and modules that cannot
+# be imported first. Both must stay empty.
+TOLERATED: set = set()
+BROKEN_ALONE: dict = {}
 
-# Files that still cite notes outside the repository, fixed by their owners in this wave; then empty.
-CITES_OUTSIDE_FOR_NOW = {"peftlab/vram.py", "peftlab/vram_measure.py", "tests/test_vram.py",
-                         "data/DATASHEET.md"}
+# Files that still cite notes outside the repository. Must stay empty.
+CITES_OUTSIDE_FOR_NOW: set = set()
 
 MAX_LINES = 350
 TOO_LONG_FOR_NOW = {"train": "being split (issue 13 item 4)"}  # module -> why it may exceed MAX_LINES

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .spec import DTYPES, GB, GPUS, METHODS, OPTIMIZERS, PRESETS, RESERVED_OVERHEAD, STACKS, Estimate, GiB
+from .spec import DTYPES, METHODS, OPTIMIZERS, PRESETS, STACKS, report
 from .terms import estimate
 
 
@@ -49,19 +49,3 @@ def run_estimate(args: argparse.Namespace) -> int:
                    attn=args.attn, lora_dropout=args.lora_dropout, stack=args.stack)
     print(json.dumps(est.to_json()) if args.json else report(est))
     return 0
-
-
-def report(est: Estimate) -> str:
-    """The human-readable table: total in GB and GiB, the breakdown, then the GPUS it fits."""
-    s = est.settings
-    what = "all weights" if s.method == "full" else f"r={s.rank} on {','.join(s.targets)}"
-    lines = [f"{est.arch.name}: {s.method} ({what}), {s.batch}×{s.seq_len} tokens, {s.dtype}, "
-             f"{s.optimizer}{', grad-ckpt' if s.grad_ckpt else ''}",
-             f"total: {est.total / GB:.2f} GB = {est.total / GiB:.2f} GiB "
-             f"(peak allocated {est.peak_allocated / GB:.2f} GB + CUDA context)"]
-    for name, b in est.breakdown.items():
-        lines.append(f"  {name:18s} {b / GB:9.3f} GB {b / GiB:9.3f} GiB")
-    fits = [g for g, ok, _ in est.gpu_fits() if ok]
-    lines.append(f"fits (with {RESERVED_OVERHEAD:.0%} allocator headroom): "
-                 + (", ".join(fits) if fits else "none of " + ", ".join(GPUS)))
-    return "\n".join(lines)

@@ -249,3 +249,19 @@ class Estimate:
         return {"total_bytes": int(self.total), "peak_allocated_bytes": int(self.peak_allocated),
                 "breakdown": {k: int(v) for k, v in self.breakdown.items()},
                 "settings": {"model": self.arch.name, **s}}
+
+
+def report(est: Estimate) -> str:
+    """The human-readable table: total in GB and GiB, the breakdown, then the GPUS it fits."""
+    s = est.settings
+    what = "all weights" if s.method == "full" else f"r={s.rank} on {','.join(s.targets)}"
+    lines = [f"{est.arch.name}: {s.method} ({what}), {s.batch}×{s.seq_len} tokens, {s.dtype}, "
+             f"{s.optimizer}{', grad-ckpt' if s.grad_ckpt else ''}",
+             f"total: {est.total / GB:.2f} GB = {est.total / GiB:.2f} GiB "
+             f"(peak allocated {est.peak_allocated / GB:.2f} GB + CUDA context)"]
+    for name, b in est.breakdown.items():
+        lines.append(f"  {name:18s} {b / GB:9.3f} GB {b / GiB:9.3f} GiB")
+    fits = [g for g, ok, _ in est.gpu_fits() if ok]
+    lines.append(f"fits (with {RESERVED_OVERHEAD:.0%} allocator headroom): "
+                 + (", ".join(fits) if fits else "none of " + ", ".join(GPUS)))
+    return "\n".join(lines)
