@@ -71,6 +71,11 @@ def _cpu_compute_dtype() -> str:
     return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
 
 
+def default_model() -> str:
+    """The model when none is named: $PEFTLAB_MODEL (hub id or local folder), else "embedded"."""
+    return os.environ.get("PEFTLAB_MODEL", "").strip() or "embedded"
+
+
 def resolve(name: str | None = None, model: str | None = None) -> Profile:
     """Build the profile `name` (default: $PEFTLAB_PROFILE, else gpu/cpu by hardware).
 
@@ -91,7 +96,7 @@ def resolve(name: str | None = None, model: str | None = None) -> Profile:
     else:
         device = "cuda" if has_cuda else "cpu"
         dtype = cuda_compute_dtype() if has_cuda else _cpu_compute_dtype()
-    chosen_model = model or os.environ.get("PEFTLAB_MODEL", "").strip() or "embedded"
+    chosen_model = model or default_model()
     return Profile(name=raw, device=device, model=chosen_model, compute_dtype=dtype,
                    paged_optim=has_cuda, seed=DEFAULT_SEED)
 
