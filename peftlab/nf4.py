@@ -282,21 +282,3 @@ def quant_state_bits(model: nn.Module) -> dict[str, float]:
         raise ValueError("no 4-bit weights found: load the model with models.load_model(bits=4)")
     return {"params": params, "weight_bits": weight_bits / params,
             "constant_bits": const_bits / params, "table_bits": table_bits / params}
-
-
-@torch.no_grad()
-def text_nll(model: nn.Module, batches) -> tuple[float, int]:
-    """Token-weighted mean negative log-likelihood over batches {input_ids, attention_mask, labels}.
-
-    exp(nll) is the perplexity. Returns (nll, number of predicted tokens).
-    """
-    total, count = 0.0, 0
-    for batch in batches:
-        labels = batch["labels"]
-        n = int((labels[:, 1:] != -100).sum())  # the model shifts labels by one inside
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
-        total += out.loss.float().item() * n
-        count += n
-    if count == 0:
-        raise ValueError("no labelled tokens: give batches whose labels are not all -100")
-    return total / count, count

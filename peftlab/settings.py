@@ -71,6 +71,11 @@ def _cpu_compute_dtype() -> str:
     return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
 
 
+def default_model() -> str:
+    """The model when none is named: $PEFTLAB_MODEL (hub id or local folder), else "embedded"."""
+    return os.environ.get("PEFTLAB_MODEL", "").strip() or "embedded"
+
+
 def resolve(name: str | None = None, model: str | None = None) -> Profile:
     """Build the profile `name` (default: $PEFTLAB_PROFILE, else gpu/cpu by hardware).
 
@@ -92,7 +97,7 @@ def resolve(name: str | None = None, model: str | None = None) -> Profile:
         device, dtype = "cuda", cuda_compute_dtype()
     else:
         device, dtype = "cpu", _cpu_compute_dtype()
-    chosen_model = model or os.environ.get("PEFTLAB_MODEL", "").strip() or "embedded"
+    chosen_model = model or default_model()
     return Profile(name=raw, device=device, model=chosen_model, compute_dtype=dtype,
                    paged_optim=device == "cuda", seed=DEFAULT_SEED)
 

@@ -3,7 +3,7 @@
     per run:    trainable params, adapter bytes on disk, peak memory, median s/step, held-out score
     per method: mean ± std over seeds;  memory (CPU, counted) = weights + grads + optimizer + saved activations
 
-Every method gets the same model, data, step budget, batch and seeds (`train.recipe`); only
+Every method gets the same model, data, step budget, batch and seeds (`recipe.recipe`); only
 the learning rate of full fine-tuning differs (adapters start from B = 0 and tolerate a 10×
 higher rate; full FT at 1e-3 wrecks a pretrained model). Memory on CPU is *counted*: bytes of
 the real parameter, gradient and optimizer tensors plus the largest set of tensors autograd
@@ -12,7 +12,8 @@ saved for backward in any step (each storage once); the process peak RSS is reco
 Methods: LoRA (Hu et al. 2021), QLoRA (Dettmers et al. 2023), DoRA (Liu et al. 2024).
 
 Public API (benchmarks/showdown.py and notebook 06 call these):
-    Plan(...) frozen;  plan(profile=None) -> Plan          what to run, per profile
+    Plan(...) frozen;  plan(profile=None) -> Plan          what to run, per profile (sizes + hardware)
+    Plan.configs() -> [TrainConfig];  Plan.config(method, r, seed) -> TrainConfig
     MemoryMeter(model): TrainerCallback                    counts the memory terms while training
     run_one(cfg, eval_n, workdir) -> dict                  one training run, all its numbers
     run_all(plan, out_path, log=print) -> dict             every run, written to JSON as it goes
@@ -37,7 +38,7 @@ from typing import Callable
 import torch
 from transformers import TrainerCallback
 
-from . import data, settings, train
+from . import adapters, data, evaluate, recipe, settings, train
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
@@ -45,7 +46,7 @@ RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 @dataclass(frozen=True)
 class Plan:
     profile: str                               # the profile these sizes belong to
-    methods: tuple[str, ...] = train.METHODS   # compared methods (same budget each)
+    methods: tuple[str, ...] = recipe.METHODS  # compared methods (same budget each)
     seeds: tuple[int, ...] = (0, 1, 2)         # one run per method per seed → mean ± std
     r: int = 8                                 # adapter rank of the main comparison (seed's C14: r=8)
     sweep_methods: tuple[str, ...] = ("lora", "dora")  # rank sweep (DoRA's low-rank claim)
@@ -58,37 +59,47 @@ class Plan:
     train_examples: int | None = None          # first N training records (None: all 2000)
     max_new_tokens: int | None = None          # generation cap (None: longest reference + 8 tokens)
     task: str = "orders"                       # data/ task
+    model: str | None = None                   # model of every run (None: the named profile's)
+    device: str | None = None                  # cpu | cuda (None: the named profile's)
+    compute_dtype: str | None = None           # bf16 | fp16 | fp32 (None: the named profile's)
 
     def __post_init__(self):
-        bad = [m for m in (*self.methods, *self.sweep_methods) if m not in train.METHODS]
+        bad = [m for m in (*self.methods, *self.sweep_methods) if m not in recipe.METHODS]
         if bad:
-            raise ValueError(f"unknown method(s) {bad}: use {', '.join(train.METHODS)}")
+            raise ValueError(f"unknown method(s) {bad}: use {', '.join(recipe.METHODS)}")
         if not self.seeds or self.eval_n < 1 or self.max_steps < 1:
             raise ValueError("need at least one seed, eval_n ≥ 1 and max_steps ≥ 1")
 
-    def configs(self) -> list[train.TrainConfig]:
+    def hardware(self) -> settings.Profile:
+        """The profile the runs use: the named one, with this plan's model, device and dtype."""
+        p = settings.resolve(self.profile)
+        return replace(p, model=self.model or p.model, device=self.device or p.device,
+                       compute_dtype=self.compute_dtype or p.compute_dtype)
+
+    def configs(self) -> list[recipe.TrainConfig]:
         """Every run: methods × seeds at rank r, then the sweep ranks ≠ r at the first seed."""
-        prof = settings.resolve(self.profile)
-        out = [self.config(prof, m, self.r, s) for s in self.seeds for m in self.methods]
-        out += [self.config(prof, m, k, self.seeds[0]) for k in self.sweep_ranks if k != self.r
+        out = [self.config(m, self.r, s) for s in self.seeds for m in self.methods]
+        out += [self.config(m, k, self.seeds[0]) for k in self.sweep_ranks if k != self.r
                 for m in self.sweep_methods]
         return out
 
-    def config(self, prof: settings.Profile, method: str, r: int, seed: int) -> train.TrainConfig:
-        return train.recipe(prof, method=method, r=r, alpha=2 * r, seed=seed, max_steps=self.max_steps,
-                            batch_size=self.batch_size, grad_accum=1, task=self.task,
-                            lr=self.full_lr if method == "full" else self.lr,
-                            train_examples=self.train_examples, save_steps=0)
+    def config(self, method: str, r: int, seed: int) -> recipe.TrainConfig:
+        """One run's config: the profile's recipe with this plan's budget (α = 2r)."""
+        return recipe.recipe(self.hardware(), method=method, r=r, alpha=2 * r, seed=seed,
+                             max_steps=self.max_steps, batch_size=self.batch_size, grad_accum=1, task=self.task,
+                             lr=self.full_lr if method == "full" else self.lr,
+                             train_examples=self.train_examples, save_steps=0)
 
 
 def plan(profile: settings.Profile | None = None) -> Plan:
-    """The per-profile plan: smoke proves the code runs; cpu gives ≥3 seeds in ≤ 20 min on 2 cores."""
+    """The per-profile plan (default: the session's profile): smoke proves the code runs; cpu gives
+    ≥3 seeds in ≤ 20 min on 2 cores. The profile's model, device and compute dtype go into the plan."""
     p = profile or settings.profile()
     kw = p.pick(smoke=dict(seeds=(0,), sweep_ranks=(8,), max_steps=1, batch_size=2, eval_n=2,
                            train_examples=8, max_new_tokens=8),
                 cpu=dict(seeds=(0, 1, 2), max_steps=20, batch_size=4, eval_n=40),
                 gpu=dict(seeds=(0, 1, 2), max_steps=200, batch_size=16, lr=2e-4, full_lr=2e-5, eval_n=200))
-    return Plan(profile=p.name, **kw)
+    return Plan(profile=p.name, model=p.model, device=p.device, compute_dtype=p.compute_dtype, **kw)
 
 
 def _bytes(tensors) -> int:
@@ -167,9 +178,9 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def run_one(cfg: train.TrainConfig, eval_n: int, workdir: str | Path, max_new_tokens: int | None = None) -> dict:
+def run_one(cfg: recipe.TrainConfig, eval_n: int, workdir: str | Path, max_new_tokens: int | None = None) -> dict:
     """Build, train, evaluate and save one model; returns a flat dict of its numbers."""
-    cuda = torch.cuda.is_available()
+    cuda = cfg.device == "cuda"
     t0, c0 = time.perf_counter(), time.process_time()
     reset_peak_rss()
     rss0 = _rss("VmRSS")
@@ -185,10 +196,10 @@ def run_one(cfg: train.TrainConfig, eval_n: int, workdir: str | Path, max_new_to
     peak_cuda = torch.cuda.max_memory_allocated() if cuda else None
     test = data.load_split(cfg.task, "test").select(range(eval_n))
     t1 = time.perf_counter()
-    ev = train.evaluate(model, tok, test, cfg.task, max_new_tokens=max_new_tokens)
+    ev = evaluate.evaluate(model, tok, test, cfg.task, max_new_tokens=max_new_tokens)
     eval_s = time.perf_counter() - t1
     saved = Path(workdir) / "adapter"
-    train.save_adapter(model, saved)  # full FT: the whole model is the "adapter"
+    adapters.save_adapter(model, saved, log=None)  # full FT: the whole model is the "adapter"
     disk = _dir_bytes(saved)
     row = dict(method=cfg.method, r=cfg.r, seed=cfg.seed, lr=cfg.lr, steps=res.global_step,
                trainable=n_train, total=n_total, adapter_bytes=disk, **{f"mem_{k}": v for k, v in mem.items()},
@@ -215,12 +226,12 @@ def run_all(p: Plan, out_path: str | Path, log: Callable[[str], None] = print,
         raise ValueError(f"shard must be (i, n) with 0 ≤ i < n, got {shard}")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    prof = settings.resolve(p.profile)
+    prof = p.hardware()
     meta = dict(plan={**asdict(p)}, profile=prof.name, device=prof.device, compute_dtype=prof.compute_dtype,
                 torch=torch.__version__, threads=torch.get_num_threads(), cpus=os.cpu_count(),
                 machine=platform.processor() or platform.machine(), load_avg_start=_loadavg(),
                 started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, shard=[i0, n])
+                gpu=torch.cuda.get_device_name(0) if prof.device == "cuda" else None, shard=[i0, n])
     results = dict(meta=meta, runs=[])
     cfgs = [p.configs()[k] for k in runs] if runs is not None else p.configs()[i0::n]
     t0 = time.perf_counter()

@@ -42,6 +42,50 @@ def test_double_quant_shrinks_constants(embedded_ready, model_4bit):
     assert saved == pytest.approx(expected, rel=0.01)
 
 
+def test_load_model_reads_no_profile(embedded_ready, monkeypatch):
+    monkeypatch.setattr(settings, "profile", lambda: pytest.fail("load_model read the session profile"))
+    monkeypatch.delenv("PEFTLAB_MODEL", raising=False)
+    model = models.load_model(dtype="bf16", device="cpu")  # "bf16" as a string is accepted too
+    p = next(model.parameters())
+    assert p.dtype == torch.bfloat16 and p.device.type == "cpu"
+    assert models.default_dtype("cpu") == torch.float32 and models.default_device() in ("cpu", "cuda")
+    assert models.resolve_source(None) == str(embedded_ready)
+
+
+@pytest.mark.parametrize("kw, pattern", [(dict(dtype="int8"), "dtype must be a torch dtype or one of bf16"),
+                                         (dict(device="tpu"), "device must be 'cpu' or 'cuda'")])
+def test_load_model_arguments_validated(kw, pattern):
+    with pytest.raises(ValueError, match=pattern) as err:
+        models.load_model(**kw)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_says_so():
+    with pytest.raises(ValueError, match="no CUDA GPU is visible here: load with device='cpu'"):
+        models.load_model(device="cuda")
+
+
+def test_atomic_folder_replaces_or_leaves_as_it_was(tmp_path):
+    target = tmp_path / "out"
+    with models.atomic_folder(target) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(RuntimeError):
+        with models.atomic_folder(target) as tmp:
+            (tmp / "a").write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert (target / "a").read_text() == "1"
+    with models.atomic_folder(target) as tmp:
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]         # replaced as a whole
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]           # nothing hidden left behind
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(ValueError, match="is a file"):
+        with models.atomic_folder(tmp_path / "f"):
+            pass
+    assert (tmp_path / "f").read_text() == "mine"
+
+
 def test_tokenizer_chat_template(embedded_ready):
     tok = models.load_tokenizer()
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,

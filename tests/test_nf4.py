@@ -226,18 +226,6 @@ def test_fake_quantize_model_replaces_linear_weights():
     assert not torch.equal(net[2].weight, before)
 
 
-def test_text_nll_is_token_weighted():
-    class Fixed(torch.nn.Module):
-        def forward(self, input_ids, attention_mask, labels):
-            return type("Out", (), {"loss": torch.tensor(float(input_ids.shape[1]))})()
-
-    ign = -100
-    b1 = {"input_ids": torch.zeros(1, 3), "attention_mask": None, "labels": torch.tensor([[1, 2, 3]])}
-    b2 = {"input_ids": torch.zeros(1, 5), "attention_mask": None, "labels": torch.tensor([[ign, 1, ign, ign, ign]])}
-    nll, n = nf4.text_nll(Fixed(), [b1, b2])
-    assert n == 3 and nll == pytest.approx((3 * 2 + 5 * 1) / 3)
-
-
 # --- bad input: ValueError with the fix --------------------------------------------------
 
 @pytest.mark.parametrize("blocksize,msg", [(100, "not a power of two"), (96, "not a power of two"),

@@ -3,11 +3,14 @@
 Compared: the plan against the fairness rules (same steps, batch, seeds; only full FT's lr
 differs); summary means/stds against hand-computed ones on tiny fake runs; star and claim
 verdicts against rows built to hold and to fail; one real smoke run's counted memory terms
-against the trainable parameters' bytes (gradients = 1×, AdamW states = 2×, adapter file ≈ 1×).
+against the trainable parameters' bytes (gradients = 1×, AdamW states = 2×, adapter file ≈ 1×);
+a plan's configs against the profile it was made for (never the session's dtype).
 """
 import math
+from dataclasses import replace
 
 import pytest
+import torch
 
 from peftlab import ledger, settings, showdown, viz
 
@@ -39,6 +42,19 @@ def test_plan_is_fair():
     assert all(c.alpha == 2 * c.r for c in cfgs)
     sweep = sorted((c.method, c.r) for c in cfgs if c.seed == plan.seeds[0] and c.method in ("lora", "dora"))
     assert sweep == [("dora", 2), ("dora", 8), ("dora", 32), ("lora", 2), ("lora", 8), ("lora", 32)]
+
+
+def test_a_plan_keeps_its_own_profiles_dtype(monkeypatch):
+    session = replace(settings.resolve("cpu"), compute_dtype="fp16", model="session/model")
+    monkeypatch.setattr(settings, "profile", lambda: session)  # another profile is the session's
+    mine = replace(settings.resolve("smoke"), compute_dtype="bf16")
+    plan = showdown.plan(mine)
+    assert (plan.compute_dtype, plan.model, plan.device) == ("bf16", mine.model, mine.device)
+    assert {(c.compute_dtype, c.dtype, c.model) for c in plan.configs()} == {("bf16", torch.bfloat16, mine.model)}
+    bare = showdown.Plan(profile="cpu", seeds=(0,))          # e.g. rebuilt from an older results file
+    cpu = settings.resolve("cpu")
+    assert {(c.compute_dtype, c.model) for c in bare.configs()} == {(cpu.compute_dtype, cpu.model)}
+    assert cpu.compute_dtype != "fp16"                       # so the session's could not leak in unseen
 
 
 def test_plan_rejects_unknown_method():
@@ -107,7 +123,7 @@ def test_figures_carry_the_numbers():
 
 def test_one_real_run_counts_its_memory(embedded_ready, tmp_path):
     plan = showdown.plan(settings.resolve("smoke"))
-    cfg = plan.config(settings.resolve("smoke"), "lora", 2, 0)
+    cfg = plan.config("lora", 2, 0)
     row = showdown.run_one(cfg, eval_n=1, workdir=tmp_path, max_new_tokens=2)
     trainable_bytes = row["trainable"] * 4                                  # fp32 adapters
     assert 0 < row["trainable"] < row["total"]

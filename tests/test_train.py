@@ -1,23 +1,21 @@
-"""peftlab.train: the recipe's configs vs the seed's advice (C16); gradients into layer-0 LoRA
-weights after an evaluation pass on a 4-bit model (the bitsandbytes CPU pitfall); an interrupted
-and resumed run vs an uninterrupted one (same losses); an atomic adapter save vs a crash mid-save;
-the 4-bit merge (dequantize, then merge) vs the adapter on the 4-bit base (same logits); exact
-match and per-field scores vs hand-counted ones. Real embedded model, tiny batches."""
+"""peftlab.train: gradients into layer-0 LoRA weights after an evaluation pass on a 4-bit model
+(the bitsandbytes CPU pitfall); an interrupted and resumed run vs an uninterrupted one (same
+losses); the model lands on the config's device and dtype; step timing and the checkpointing
+toggle on a tiny Llama. Real embedded model, tiny batches. (Configs: test_recipe.py; adapters
+and checkpoints on disk: test_adapters.py; generation and scores: test_evaluate.py.)"""
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
 
-from peftlab import data, train
+from peftlab import adapters, data, evaluate, models, recipe, train
 
 TINY = dict(target_modules=("q_proj", "v_proj"), batch_size=2, grad_accum=1, max_steps=2,
             compute_dtype="fp32", gradient_checkpointing=False, lr=1e-3, train_examples=8)
 
 
-def tiny(**kw) -> train.TrainConfig:
-    return train.recipe(**{**TINY, **kw})
+def tiny(**kw) -> recipe.TrainConfig:
+    return recipe.recipe(**{**TINY, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -25,26 +23,10 @@ def records():
     return data.validate_file(data.task_path("orders", "test"))[:3]
 
 
-def test_seed_defaults_are_the_seed_recipe():
-    c = train.seed_defaults()
-    assert (c.r, c.alpha, c.dropout, c.lr, c.batch_size, c.grad_accum) == (16, 32, 0.05, 2e-4, 4, 4)
-    assert c.target_modules == train.ATTENTION and c.gradient_checkpointing
-    assert train.seed_defaults(r=8).r == 8
-
-
-@pytest.mark.parametrize("kw, msg", [(dict(method="ia3"), "method must be one of"),
-                                     (dict(task="nope"), "task must be one of"),
-                                     (dict(r=0), "r must be"), (dict(compute_dtype="int8"), "compute_dtype"),
-                                     (dict(target_modules=()), "target_modules is empty")])
-def test_config_validation_says_what_to_do(kw, msg):
-    with pytest.raises(ValueError, match=msg):
-        train.TrainConfig(**kw)
-
-
 def test_lora_in_layer0_gets_gradients_after_an_eval_pass(embedded_ready, records):
     cfg = tiny(method="qlora", target_modules=("q_proj",))
     model, tok = train.build_model(cfg)
-    train.generate(model, tok, records[:2], max_new_tokens=2)  # eval-mode forwards, no grad
+    evaluate.generate(model, tok, records[:2], max_new_tokens=2)  # eval-mode forwards, no grad
     model.train()
     batch = data.Collator(tok.pad_token_id)([data.encode(tok, r) for r in records[:2]])
     model(**batch).loss.backward()
@@ -59,70 +41,13 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(embedded_ready, tmp
     model, tok = train.build_model(cfg)
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg, model, tok, tmp_path / "run", callbacks=[train.InterruptAt(2)], disable_tqdm=True)
-    assert train.last_checkpoint(tmp_path / "run").endswith("checkpoint-2")
+    assert adapters.last_checkpoint(tmp_path / "run").endswith("checkpoint-2")
     (tmp_path / "run" / "checkpoint-3").mkdir()  # a half-written checkpoint must be skipped
-    assert train.last_checkpoint(tmp_path / "run").endswith("checkpoint-2")
+    assert adapters.last_checkpoint(tmp_path / "run").endswith("checkpoint-2")
     model, tok = train.build_model(cfg)
     res = train.train(cfg, model, tok, tmp_path / "run", resume=True, disable_tqdm=True)
     assert res.global_step == 3 and len(res.step_times) == 1  # only step 3 ran again
     assert res.losses[-1] == pytest.approx(ref.losses[-1], rel=1e-4)
-
-
-def test_save_adapter_is_atomic(tmp_path):
-    class Fake:
-        def __init__(self, crash):
-            self.crash = crash
-
-        def save_pretrained(self, d):
-            (d / "adapter_model.safetensors").write_text("half" if self.crash else "new")
-            if self.crash:
-                raise OSError("disk full")
-
-    path = train.save_adapter(Fake(False), tmp_path / "adapter")
-    with pytest.raises(OSError):
-        train.save_adapter(Fake(True), path)
-    assert (path / "adapter_model.safetensors").read_text() == "new"
-    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no temporary folder left behind
-    train.save_adapter(Fake(False), path)
-    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
-
-
-def test_merge_4bit_equals_adapter_on_4bit_base(embedded_ready, tmp_path, records):
-    cfg = tiny(method="qlora")
-    model, tok = train.build_model(cfg)
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.02)  # B = 0 at init would make any merge look right
-    train.save_adapter(model, tmp_path / "a")
-    merged = train.merge_4bit(tmp_path / "a", cfg)
-    batch = data.Collator(tok.pad_token_id)([data.encode(tok, r) for r in records])
-    model.eval()
-    with torch.no_grad():
-        want = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        got = merged(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        base = model.get_base_model()
-        with model.disable_adapter():
-            plain = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    assert not any("lora" in n for n, _ in merged.named_parameters())
-    assert (want - plain).abs().max() > 0.1  # the adapter changes the outputs...
-    assert (want - got).abs().max() < 2e-3   # ...and the merged dense model reproduces them
-
-
-def test_evaluate_scores_exact_match_and_fields(monkeypatch, records):
-    refs = [r["output"] for r in records]
-    wrong_qty = json.dumps({**json.loads(refs[1]), "qty": 99})
-    monkeypatch.setattr(train, "generate", lambda *a, **k: [refs[0], wrong_qty, "not json"])
-
-    class Tok:
-        def __call__(self, text, add_special_tokens=False):
-            return {"input_ids": text.split()}
-
-    ev = train.evaluate(None, Tok(), records, "orders")
-    assert ev.n == 3 and ev.exact_match == pytest.approx(1 / 3)
-    assert ev.field_scores["qty"] == pytest.approx(1 / 3) and ev.field_scores["name"] == pytest.approx(2 / 3)
-    with pytest.raises(ValueError, match="no records"):
-        train.evaluate(None, Tok(), [], "orders")
 
 
 def test_step_timer_median():
@@ -148,18 +73,17 @@ def test_step_time_and_checkpointing_toggle():
     assert 0 < t < 5 and not model.training and all(p.grad is None for p in model.parameters())
     with pytest.raises(ValueError, match="repeats"):
         train.step_time(model, batch, repeats=0)
-    train.set_checkpointing(model, True)
+    models.set_checkpointing(model, True)
     assert model.is_activation_checkpointing
-    train.set_checkpointing(model, False)
+    models.set_checkpointing(model, False)
     assert not model.is_activation_checkpointing
 
 
-def test_answer_loss_counts_answer_tokens_only_and_ignores_padding(embedded_ready, records):
-    model, tok = train.build_model(tiny(method="full"))
-    one = [train.answer_loss(model, tok, [r]) for r in records]
-    n = [sum(t != data.IGNORE_INDEX for t in data.encode(tok, r)["labels"][1:]) for r in records]
-    want = sum(l * k for l, k in zip(one, n)) / sum(n)  # token-weighted, not a mean of batch means
-    assert train.answer_loss(model, tok, records, batch_size=3) == pytest.approx(want, rel=1e-4)
-    assert 0 < want < 20
-    with pytest.raises(ValueError, match="no records"):
-        train.answer_loss(model, tok, [])
+def test_model_follows_the_config_not_the_session(embedded_ready, monkeypatch):
+    from peftlab import settings
+
+    monkeypatch.setattr(settings, "profile", lambda: pytest.fail("build_model read the session profile"))
+    cfg = recipe.TrainConfig(method="lora", compute_dtype="bf16", device="cpu", target_modules=("q_proj",))
+    model, _ = train.build_model(cfg)
+    base = model.get_base_model().model.layers[0].self_attn.k_proj.weight
+    assert base.dtype == torch.bfloat16 and base.device.type == "cpu"
