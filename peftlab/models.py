@@ -321,21 +321,3 @@ def guard_4bit(model: nn.Module) -> int:
             mod.weight.data, mod.weight.quant_state = _convert_weight_packed_for_cpu_inverse(mod.weight.data, qs)
         n += 1
     return n
-
-
-def footprint_bytes(model: nn.Module) -> int:
-    """Bytes held by parameters and buffers (4-bit weights count as their packed uint8 bytes,
-    plus the quantization constants in their quant states)."""
-    total = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-    seen = set()
-    for p in model.parameters():
-        qs = getattr(p, "quant_state", None)
-        if qs is None or id(qs) in seen:
-            continue
-        seen.add(id(qs))
-        total += qs.absmax.numel() * qs.absmax.element_size()
-        if getattr(qs, "nested", False):
-            total += qs.state2.absmax.numel() * qs.state2.absmax.element_size()
-            total += qs.state2.code.numel() * qs.state2.code.element_size()
-        total += qs.code.numel() * qs.code.element_size()
-    return total

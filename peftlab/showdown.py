@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import platform
 import statistics
@@ -38,7 +37,7 @@ from typing import Callable
 import torch
 from transformers import TrainerCallback
 
-from . import adapters, data, evaluate, recipe, settings, train
+from . import adapters, data, evaluate, memory, recipe, settings, train
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
@@ -102,75 +101,35 @@ def plan(profile: settings.Profile | None = None) -> Plan:
     return Plan(profile=p.name, model=p.model, device=p.device, compute_dtype=p.compute_dtype, **kw)
 
 
-def _bytes(tensors) -> int:
-    """Bytes of the distinct storages behind `tensors` (views and ties count once)."""
-    seen = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
-    return sum(seen.values())
-
-
-def _rss(field: str) -> int:
-    """VmRSS / VmHWM of this process in bytes (Linux), 0 elsewhere."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; False where not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 class MemoryMeter(TrainerCallback):
-    """Counts the training memory terms of `model` while Trainer runs (bytes).
+    """Counts the training memory terms of `model` while Trainer runs (bytes), with peftlab.memory.
 
-    activations: per step, every storage autograd saves for backward that is not a parameter
-    or buffer (saved_tensors_hooks); the largest step is kept. optimizer: the optimizer's
-    state tensors after the last step. gradients: one per trainable parameter, its dtype.
+    activations: what autograd holds for backward when backward starts (memory.SavedTensorMeter),
+    the largest step kept; optimizer: the optimizer's state tensors after the last step;
+    gradients: one per trainable parameter, its dtype; weights: the model's footprint.
     """
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
-        self.skip = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
         self.activations = self.optimizer = 0
-        self._seen: dict[int, int] = {}
-        self._ctx = None
-
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        if st.data_ptr() not in self.skip:
-            self._seen[st.data_ptr()] = st.nbytes()
-        return t
+        self._saved: memory.SavedTensorMeter | None = None
 
     def on_step_begin(self, args, state, control, **kw):
-        self._seen = {}
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._ctx.__enter__()
+        self._saved = memory.SavedTensorMeter(exclude=self.model).__enter__()
 
     def on_step_end(self, args, state, control, **kw):
-        if self._ctx is not None:
-            self._ctx.__exit__(None, None, None)
-            self._ctx = None
-        self.activations = max(self.activations, sum(self._seen.values()))
+        if self._saved is not None:
+            self._saved.__exit__(None, None, None)
+            self.activations = max(self.activations, self._saved.bytes)
+            self._saved = None
 
     def on_train_end(self, args, state, control, optimizer=None, **kw):
         if optimizer is not None:
-            st = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
-            self.optimizer = _bytes(st)
+            self.optimizer = memory.optimizer_bytes(optimizer)
 
     def breakdown(self) -> dict[str, int]:
-        from . import models
-
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        return {"weights": models.footprint_bytes(self.model), "gradients": _bytes(trainable),
+        return {"weights": memory.footprint_bytes(self.model), "gradients": memory.storage_bytes(trainable),
                 "optimizer": self.optimizer, "activations": self.activations}
 
 
@@ -182,8 +141,8 @@ def run_one(cfg: recipe.TrainConfig, eval_n: int, workdir: str | Path, max_new_t
     """Build, train, evaluate and save one model; returns a flat dict of its numbers."""
     cuda = cfg.device == "cuda"
     t0, c0 = time.perf_counter(), time.process_time()
-    reset_peak_rss()
-    rss0 = _rss("VmRSS")
+    memory.reset_peak_rss()
+    rss0 = memory.rss_bytes()
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -192,7 +151,7 @@ def run_one(cfg: recipe.TrainConfig, eval_n: int, workdir: str | Path, max_new_t
     meter = MemoryMeter(model)
     res = train.train(cfg, model, tok, Path(workdir) / "trainer", callbacks=[meter], disable_tqdm=True)
     mem = meter.breakdown()
-    peak_rss = _rss("VmHWM") - rss0
+    peak_rss = memory.rss_bytes(peak=True) - rss0
     peak_cuda = torch.cuda.max_memory_allocated() if cuda else None
     test = data.load_split(cfg.task, "test").select(range(eval_n))
     t1 = time.perf_counter()

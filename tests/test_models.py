@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from peftlab import models, settings
+from peftlab import memory, models, settings
 
 bnb = models.import_bitsandbytes()
 
@@ -27,13 +27,13 @@ def test_embedded_dense_and_4bit_footprint(embedded_ready, model_4bit):
     assert 134_000_000 < n < 135_000_000
     n4 = sum(isinstance(m, bnb.nn.Linear4bit) for m in model_4bit.modules())
     assert n4 == 30 * 7  # q, k, v, o, gate, up, down in each block; lm_head stays 16-bit
-    ratio = models.footprint_bytes(model_4bit) / models.footprint_bytes(dense)
+    ratio = memory.footprint_bytes(model_4bit) / memory.footprint_bytes(dense)
     assert ratio <= 0.45, ratio
 
 
 def test_double_quant_shrinks_constants(embedded_ready, model_4bit):
     plain = models.load_model(bits=4, dtype=torch.bfloat16, double_quant=False)
-    saved = models.footprint_bytes(plain) - models.footprint_bytes(model_4bit)
+    saved = memory.footprint_bytes(plain) - memory.footprint_bytes(model_4bit)
     layers = [m for m in plain.modules() if isinstance(m, bnb.nn.Linear4bit)]
     quantized = sum(m.weight.quant_state.shape.numel() for m in layers)
     # 0.5 - 0.127 bit per quantized weight (QLoRA §3), in bytes, less the 256-entry fp32 code
