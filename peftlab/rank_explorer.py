@@ -115,8 +115,8 @@ class RankExplorerModel(HasTraits):
         out_f, in_f = self._shapes[self.layer]
         self.max_rank = min(out_f, in_f)
         try:
+            s, note = self._spectrum(self.layer)    # a broken layer says so whatever r is
             lora.validate_rank(self.rank, in_f, out_f)
-            s, note = self._spectrum(self.layer)
         except ValueError as err:
             self.summary, self.message = {}, str(err)
             return
