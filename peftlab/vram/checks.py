@@ -72,7 +72,7 @@ def read_config(path: Path) -> dict:
         raise ValueError(f"config {path}: text_config is {_KINDS.get(type(tc), type(tc).__name__)}, not an "
                          "object; multimodal configs nest the text model's sizes there as {...}: fix it "
                          "or remove the key")
-    for key, kind in (("model_type", str), ("hidden_act", str), ("_name_or_path", str),
+    for key, kind in (("model_type", str), ("hidden_act", str),
                       ("tie_word_embeddings", bool), ("use_parallel_residual", bool), ("mlp_bias", bool),
                       ("attention_bias", bool), ("rms_norm_eps", (int, float))):
         v = (tc or {}).get(key, c.get(key))
@@ -154,8 +154,9 @@ def check_settings(s, choices: dict[str, tuple]) -> None:
             raise ValueError(f"{f} must be a positive integer (1 to {LIMITS[f]:,}), {why}")
     for f in ("grad_ckpt", "double_quant"):
         if not isinstance(getattr(s, f), bool):
-            raise ValueError(f"{f} must be True or False, got {getattr(s, f)!r}: pass a bool "
-                             "(a string such as 'false' would count as on)")
+            raise ValueError(f"{f} must be True or False, got {getattr(s, f)!r}: pass a bool" +
+                             (" (a non-empty string, even 'false', would count as on)"
+                              if isinstance(getattr(s, f), str) else ""))
     d = s.lora_dropout
     if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
         raise ValueError(f"lora_dropout must be a number in [0, 1), got {d!r}: e.g. 0.05, or 0 for none")

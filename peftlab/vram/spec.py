@@ -124,7 +124,7 @@ def from_config(path: str | Path) -> Arch:
     mt = c.get("model_type") or ""
     neox_or_phi = mt in ("phi", "gpt_neox")
     arch = Arch(
-        name=c.get("_name_or_path") or path.parent.name or "custom", hidden=h,
+        name=str(c.get("_name_or_path") or path.parent.name or "custom"), hidden=h,   # a label only
         intermediate=checks.count(c, path, "intermediate", ("intermediate_size", "n_inner"), 4 * h),
         layers=checks.count(c, path, "layers", ("num_hidden_layers", "n_layer")), heads=nh,
         kv_heads=checks.count(c, path, "kv_heads", ("num_key_value_heads",), nh),
