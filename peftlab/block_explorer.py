@@ -7,7 +7,9 @@ A large block has one large absmax, so most weights crowd near 0 and the outer l
 NF4 spends its levels where a normal block puts its weights (Dettmers et al. 2023,
 arXiv:2305.14314). `BlockExplorerModel` holds the logic (traitlets only, no widget imports) so
 pytest can drive it; `BlockExplorer` is the ipywidgets view. Bad input (block size not a power of
-two or out of range, unknown data type or layer) shows a message in the readout, never a traceback.
+two or out of range, unknown data type or layer, all-zero or NaN weights) shows a message in the
+readout, never a traceback. A model already loaded in 4-bit is explored through its dequantized
+weights (`rank_explorer.dense_weight`), and the readout says so.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from torch import nn
 from traitlets import Dict, HasTraits, Int, List, Unicode, observe
 
 from . import nf4, viz
+from .rank_explorer import dense_weight, matrix_shape, weight_problem
 from .widgets import ModelView, ipw
 
 BINS = 161  # histogram bins over [−1, 1]: the figure carries counts, not every weight
@@ -44,7 +47,9 @@ class BlockExplorerModel(HasTraits):
         if not weights:
             raise ValueError("weights is empty: pass {name: weight}, e.g. "
                              "block_explorer.linear_weights(model)")
-        self._weights = {k: v.detach() for k, v in weights.items()}
+        self._weights = dict(weights)   # as given: a 4-bit weight keeps its quant_state until used
+        for k, w in self._weights.items():
+            matrix_shape(k, w)              # ValueError naming the key unless a non-empty (out, in)
         self._cache: dict[tuple, dict] = {}
         super().__init__(layers=list(self._weights))
         with self.hold_trait_notifications():
@@ -62,19 +67,22 @@ class BlockExplorerModel(HasTraits):
             self.summary, self.message = {}, (f"unknown layer {self.layer!r}: choose one of "
                                               f"{', '.join(self.layers[:6])}" + (" …" if len(self.layers) > 6 else ""))
             return
-        try:
-            nf4.code_for(self.quant_type)
-            nf4.check_input(self._weights[self.layer], self.blocksize)
-        except ValueError as err:
-            self.summary, self.message = {}, str(err)
-            return
         key = (self.layer, self.blocksize, self.quant_type)
         if key not in self._cache:
-            self._cache[key] = self._measure(*key)
+            try:
+                nf4.code_for(self.quant_type)
+                w, note = dense_weight(self._weights[self.layer])
+                if weight_problem(self.layer, w):          # int8 / NaN / all zeros: say that first
+                    raise ValueError(weight_problem(self.layer, w))
+                nf4.check_input(w, self.blocksize)
+            except ValueError as err:
+                self.summary, self.message = {}, str(err)
+                return
+            self._cache[key] = self._measure(w, *key, note=note)
         self.message, self.summary = "", self._cache[key]
 
-    def _measure(self, layer: str, blocksize: int, quant_type: str) -> dict:
-        w = self._weights[layer].float()
+    def _measure(self, w: torch.Tensor, layer: str, blocksize: int, quant_type: str, note: str = "") -> dict:
+        w = w.float()
         code = nf4.code_for(quant_type)
         idx, absmax = nf4.quantize_blockwise(w, code, blocksize)
         w_hat = nf4.dequantize_blockwise(idx, absmax, code, blocksize).view(w.shape)
@@ -83,7 +91,7 @@ class BlockExplorerModel(HasTraits):
         used = torch.bincount(idx.long(), minlength=16).float() / idx.numel()
         entropy = -(used[used > 0] * used[used > 0].log2()).sum().item()  # bits of 4 the codes carry
         stats = nf4.error_stats(w, w_hat)
-        return {"layer": layer, "shape": tuple(w.shape), "blocksize": blocksize, "quant_type": quant_type,
+        return {"layer": layer, "shape": tuple(w.shape), "blocksize": blocksize, "quant_type": quant_type, "note": note,
                 "rmse": stats["rmse"], "rel": stats["rel"], "entropy": entropy,
                 "bits": 4 + nf4.constant_bits(blocksize), "levels": code.tolist(),
                 "counts": counts.tolist(), "inner": (scaled.abs() < 0.25).float().mean().item()}
@@ -96,7 +104,8 @@ class BlockExplorerModel(HasTraits):
         return (f"{d['layer']} {d['shape'][0]}×{d['shape'][1]} · {d['quant_type'].upper()}, "
                 f"block size {d['blocksize']} → {d['bits']:.3f} bits/param · relative error "
                 f"‖W−Ŵ‖/‖W‖ = {d['rel']:.4f} · RMSE {d['rmse']:.2e} · codes carry "
-                f"{d['entropy']:.2f} of 4 bits · {100 * d['inner']:.0f}% of weights within ±0.25 absmax")
+                f"{d['entropy']:.2f} of 4 bits · {100 * d['inner']:.0f}% of weights within ±0.25 absmax"
+                + (f" · from {d['note']}" if d["note"] else ""))
 
     def figure(self):
         """Histogram of w / absmax with the code levels (a go.Figure), or None on invalid input."""

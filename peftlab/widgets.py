@@ -32,8 +32,22 @@ def plotly_output(fig) -> dict:
 
 
 def message_html(message: str) -> str:
-    """The error line shown inside a widget: '⚠ message' in red, or '' when there is none."""
-    return f"<span style='color:#b00'>⚠ {html.escape(message)}</span>" if message else ""
+    """The error line shown inside a widget: '⚠ message' in red, or '' when there is none. Only
+    <, > and & are escaped (quotes stay quotes), so the text reads the same in the page and in tests."""
+    return f"<span style='color:#b00'>⚠ {html.escape(message, quote=False)}</span>" if message else ""
+
+
+STALE = "not current, fix the input above; last valid: "   # title prefix of a greyed-out figure
+
+
+def stale_figure(fig):
+    """A greyed copy of `fig` whose title says plainly that it belongs to the last valid input."""
+    import plotly.graph_objects as go
+
+    grey = go.Figure(fig)
+    grey.update_traces(opacity=0.25)
+    grey.update_layout(title_text=STALE + (fig.layout.title.text or ""), title_font_color="#888")
+    return grey
 
 
 class ModelView(ipw.VBox):
@@ -41,9 +55,11 @@ class ModelView(ipw.VBox):
 
     `watch`: the model traits whose change re-renders. `message_in_readout`: show the error in
     place of the readout (explorers) or on its own line under it (planner, whose readout keeps
-    a placeholder). The last good figure stays while the input is invalid. Subclasses build
-    their controls (and any `extra` widgets), then call `super().__init__`, which renders once;
-    they may extend `render`.
+    a placeholder). While the input is invalid no number is presented as current: the readout
+    shows the message (or a placeholder), and the last good figure stays only greyed out, titled
+    "not current, fix the input above; last valid: …" (`stale`, CSS class `peftlab-stale`).
+    Subclasses build their controls (and any `extra` widgets), then call `super().__init__`,
+    which renders once; they may extend `render`.
     """
 
     READOUT = MONOSPACE
@@ -54,7 +70,8 @@ class ModelView(ipw.VBox):
         self.readout = ipw.HTML()
         self.message = self.readout if message_in_readout else ipw.HTML()
         self.plot = ipw.Output()
-        self.figure = None
+        self.figure = None     # the last good figure (shown greyed while the input is invalid)
+        self.stale = False     # whether the figure on show belongs to an earlier, valid input
         parts = [self.readout] if message_in_readout else [self.readout, self.message]
         super().__init__([*controls, *parts, *extra, self.plot])
         self.add_class(css)
@@ -68,7 +85,12 @@ class ModelView(ipw.VBox):
             self.readout.value = message_html(m.message) if m.message else text
         else:
             self.readout.value, self.message.value = text, message_html(m.message)
-        fig = m.figure()
-        if fig is not None:  # keep the last good figure while the input is invalid
-            self.figure = fig
+        fig = None if m.message else m.figure()
+        if fig is not None:
+            self.figure, self.stale = fig, False
             self.plot.outputs = (plotly_output(fig),)
+            self.plot.remove_class("peftlab-stale")
+        elif self.figure is not None and not self.stale:   # grey the last good one, say whose it is
+            self.stale = True
+            self.plot.outputs = (plotly_output(stale_figure(self.figure)),)
+            self.plot.add_class("peftlab-stale")

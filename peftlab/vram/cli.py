@@ -2,17 +2,19 @@
 
     peftlab estimate --model llama-2-7b --method qlora --rank 8 --targets q_proj,v_proj \\
                      --seq-len 1304 --batch 1 [--grad-ckpt] [--json]
+    peftlab estimate --config path/to/config.json ...     (or --model path/to/config.json)
 
 `add_estimate_parser(subparsers)` registers the subcommand; `peftlab/cli.py` calls it.
 Sizes are checked by `estimate`, which raises ValueError; cli.main prints it as one
-line with exit code 2 (argparse's own usage errors also exit 2).
+line with exit code 2. argparse's own errors (a bad choice, `--rank 8.5`) are one line with
+exit code 2 too: no usage block, the fix and a pointer to --help.
 """
 from __future__ import annotations
 
 import argparse
 import json
 
-from .spec import DTYPES, METHODS, OPTIMIZERS, PRESETS, STACKS, report
+from .spec import DTYPES, METHODS, OPTIMIZERS, PRESETS, STACKS, from_config, report
 from .terms import estimate
 
 
@@ -20,8 +22,9 @@ def add_estimate_parser(subparsers) -> argparse.ArgumentParser:
     """Register `estimate` on an argparse subparsers object; its func(args) returns an exit code."""
     p = subparsers.add_parser("estimate", help="predict the peak GPU memory of a fine-tuning step",
                               description="Predict peak GPU memory of one fine-tuning step.")
-    p.add_argument("--model", required=True,
-                   help=f"a preset ({', '.join(PRESETS)}) or a path to a config.json")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", help=f"a preset ({', '.join(PRESETS)}) or a path to a config.json")
+    which.add_argument("--config", help="a Hugging Face config.json (or the folder holding it)")
     p.add_argument("--method", default="lora", choices=METHODS)
     p.add_argument("--rank", type=int, default=8, help="LoRA rank (ignored for full)")
     p.add_argument("--targets", default="q_proj,v_proj",
@@ -39,11 +42,18 @@ def add_estimate_parser(subparsers) -> argparse.ArgumentParser:
                    help="hf = transformers+PEFT (this kit); litgpt = Lit-GPT 2023 (calibration)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_estimate)
+
+    def one_line_error(message: str) -> None:     # argparse prints usage + error; a learner needs one line
+        p.exit(2, f"{p.prog}: error: {message}; see `{p.prog} --help`\n")
+    p.error = one_line_error
     return p
 
 
 def run_estimate(args: argparse.Namespace) -> int:
-    est = estimate(args.model, method=args.method, rank=args.rank, targets=args.targets,
+    if args.model is None and args.config is None:
+        raise ValueError("which model? give --model NAME (a preset, e.g. llama-2-7b) or "
+                         "--config PATH (a config.json)")
+    est = estimate(args.model if args.config is None else from_config(args.config), method=args.method, rank=args.rank, targets=args.targets,
                    seq_len=args.seq_len, batch=args.batch, grad_ckpt=args.grad_ckpt,
                    optimizer=args.optimizer, dtype=args.dtype, double_quant=args.double_quant,
                    attn=args.attn, lora_dropout=args.lora_dropout, stack=args.stack)

@@ -6,7 +6,8 @@
 The numbers come from `vram.estimate` (see `vram.terms` for the terms and papers), the GPU list
 and the fit rule from `vram.spec` (`GPUS`, `Estimate.gpu_fits`). Bad input (a rank above a
 layer's width, an unknown target, an unreadable config) shows a message inside the widget,
-never a traceback. `display(VRAMPlanner())` in a notebook.
+never a traceback; the total reads "—", the GPU list empties and the last figure is greyed and
+titled as not current (`widgets.ModelView`). `display(VRAMPlanner())` in a notebook.
 """
 from __future__ import annotations
 
@@ -49,8 +50,11 @@ class PlannerModel(HasTraits):
                            seq_len=self.seq_len, batch=self.batch, grad_ckpt=self.grad_ckpt,
                            optimizer=self.optimizer, dtype=self.dtype)
         except ValueError as err:
-            self.message = str(err)
-            self.estimate = None
+            self.estimate, self.message = None, str(err)
+            return
+        except Exception as err:  # noqa: BLE001 - a widget shows, never raises; the old total goes too
+            self.estimate, self.message = None, (f"could not estimate these settings ({type(err).__name__}: "
+                                                 f"{err}); please report it as a peftlab bug with the settings")
             return
         self.message = ""
         self.estimate = est
@@ -115,5 +119,5 @@ class VRAMPlanner(ModelView):
 
     def render(self, change=None) -> None:
         super().render(change)
-        self.gpus.value = "<br>".join(f"{'✅' if ok else '❌'} {html.escape(g)}: {free:+.1f} GB left"
+        self.gpus.value = "<br>".join(f"{'✅' if ok else '❌'} {html.escape(g, quote=False)}: {free:+.1f} GB left"
                                       for g, ok, free in self.model.fits())

@@ -15,11 +15,11 @@ Korthikanti et al. 2022, arXiv:2205.05198.
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import settings as _settings
+from . import checks
 
 GB, GiB = 1e9, 2**30
 METHODS = _settings.METHODS
@@ -111,62 +111,57 @@ ALIASES = {"llama-1-65b": "llama-65b", "llama-3.1-8b": "llama-3-8b", "phi-1_5": 
 
 
 def from_config(path: str | Path) -> Arch:
-    """An `Arch` from a Hugging Face config.json (LLaMA/Mistral/Qwen/phi/GPT-NeoX keys)."""
+    """An `Arch` from a Hugging Face config.json (LLaMA/Mistral/Qwen/phi/GPT-NeoX keys); a bad file
+    or field is a one-line ValueError naming the file, the key and the fix (`vram.checks`)."""
+    if not str(path).strip():
+        raise ValueError("the config path is empty: give the path of a config.json (or its folder)")
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "config.json"
-    try:
-        c = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read config {path}: {err.__class__.__name__}: give a readable "
-                         "HF config.json or a preset name") from None
-    c = {**c, **c.get("text_config", {})}
-    try:
-        h = int(c.get("hidden_size") or c["n_embd"])
-        nh = int(c.get("num_attention_heads") or c["n_head"])
-        mt = c.get("model_type", "")
-        neox_or_phi = mt in ("phi", "gpt_neox")
-        arch = Arch(
-            name=c.get("_name_or_path") or path.parent.name or "custom", hidden=h,
-            intermediate=int(c.get("intermediate_size") or c.get("n_inner") or 4 * h),
-            layers=int(c.get("num_hidden_layers") or c["n_layer"]), heads=nh,
-            kv_heads=int(c.get("num_key_value_heads") or nh), vocab=int(c["vocab_size"]),
-            head_dim=int(c.get("head_dim") or 0),
-            gated=c.get("hidden_act", "silu") in ("silu", "swiglu") and not neox_or_phi,
-            rmsnorm="rms_norm_eps" in c and not neox_or_phi,
-            bias=bool(c.get("mlp_bias") or neox_or_phi),
-            qkv_bias=bool(c.get("attention_bias") or mt.startswith("qwen2")),
-            tied=bool(c.get("tie_word_embeddings", not neox_or_phi)),
-            parallel=bool(c.get("use_parallel_residual") or mt == "phi"),
-            shared_norm=mt == "phi")
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"config {path} lacks a field the estimator needs ({err}): it must give "
-                         "hidden_size, num_attention_heads, num_hidden_layers, vocab_size") from None
-    _check_arch(arch)
+    c = checks.read_config(path)
+    h = checks.count(c, path, "hidden", ("hidden_size", "n_embd", "d_model"))
+    nh = checks.count(c, path, "heads", ("num_attention_heads", "n_head"))
+    mt = c.get("model_type") or ""
+    neox_or_phi = mt in ("phi", "gpt_neox")
+    arch = Arch(
+        name=str(c.get("_name_or_path") or path.parent.name or "custom"), hidden=h,   # a label only
+        intermediate=checks.count(c, path, "intermediate", ("intermediate_size", "n_inner"), 4 * h),
+        layers=checks.count(c, path, "layers", ("num_hidden_layers", "n_layer")), heads=nh,
+        kv_heads=checks.count(c, path, "kv_heads", ("num_key_value_heads",), nh),
+        vocab=checks.count(c, path, "vocab", ("vocab_size",)),
+        head_dim=0 if c.get("head_dim") is None else checks.count(c, path, "head_dim", ("head_dim",)),
+        gated=c.get("hidden_act", "silu") in ("silu", "swiglu") and not neox_or_phi,
+        rmsnorm="rms_norm_eps" in c and not neox_or_phi,
+        bias=bool(c.get("mlp_bias") or neox_or_phi),
+        qkv_bias=bool(c.get("attention_bias") or mt.startswith("qwen2")),
+        tied=bool(c.get("tie_word_embeddings", not neox_or_phi)),
+        parallel=bool(c.get("use_parallel_residual") or mt == "phi"),
+        shared_norm=mt == "phi")
+    checks.check_arch(arch, f"config {path}: ")
     return arch
-
-
-def _check_arch(a: Arch) -> None:
-    for f in ("hidden", "intermediate", "layers", "heads", "kv_heads", "vocab"):
-        if getattr(a, f) <= 0:
-            raise ValueError(f"architecture field {f} must be > 0, got {getattr(a, f)}")
-    if a.heads % a.kv_heads:
-        raise ValueError(f"heads ({a.heads}) must be a multiple of kv_heads ({a.kv_heads})")
 
 
 def resolve(model: str | Arch) -> Arch:
     """A preset name, a path to a config.json (or its folder), or an `Arch`."""
     if isinstance(model, Arch):
-        _check_arch(model)
+        checks.check_arch(model)
         return model
-    key = str(model).strip()
+    key = "" if model is None else str(model).strip()
+    if not key:
+        raise ValueError(f"no model given ({model!r}): name a preset (e.g. llama-2-7b, smollm2-135m) "
+                         "or give a path to a config.json")
     low = ALIASES.get(key.lower(), key.lower())
     if low in PRESETS:
         return PRESETS[low]
-    if key.endswith(".json") or Path(key).expanduser().exists() or "/" in key:
-        return from_config(key)
-    close = difflib.get_close_matches(low, list(PRESETS) + list(ALIASES), n=3, cutoff=0.5)
+    names = list(PRESETS) + list(ALIASES)
+    close = difflib.get_close_matches(low.rsplit("/", 1)[-1].removesuffix("-hf"), names, n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}? " if close else ""
+    if key.endswith(".json") or Path(key).expanduser().exists() or "/" in key:
+        if not Path(key).expanduser().exists() and not key.endswith(".json") and key.count("/") == 1:
+            raise ValueError(f"{key!r} is neither a file nor a preset (the estimator never downloads a hub id): "
+                             f"save that model's config.json and give its path, or use a preset ({hint}"
+                             f"presets are {', '.join(PRESETS)})")
+        return from_config(key)
     raise ValueError(f"unknown model {key!r}: {hint}presets are {', '.join(PRESETS)}; "
                      "or give a path to a config.json")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from . import checks
 from .spec import (CUDA_CONTEXT, DTYPES, METHODS, OPTIMIZERS, STACKS, Arch, Estimate, Settings, Stack,
                    resolve)
 
@@ -32,8 +33,11 @@ _TARGET_ALIASES = {
 
 def normalize_targets(arch: Arch, targets) -> tuple[str, ...]:
     """Map linear names (HF/GPT-NeoX/phi spellings, `all-linear`, `lm_head`) to this arch's names."""
-    if isinstance(targets, str):
-        targets = [t for t in targets.replace(" ", "").split(",") if t]
+    if not isinstance(targets, (str, list, tuple)) or not all(isinstance(t, str) for t in targets):
+        raise ValueError(f"targets must be a comma-separated string or a list of linear names, got "
+                         f"{targets!r}: e.g. 'q_proj,v_proj' or 'all-linear'")
+    if isinstance(targets, str):                                 # commas or spaces between names
+        targets = targets.replace(",", " ").split()
     names = list(arch.linears())
     out: list[str] = []
     for t in targets:
@@ -47,7 +51,8 @@ def normalize_targets(arch: Arch, targets) -> tuple[str, ...]:
         elif key in _TARGET_ALIASES and all(n in names for n in _TARGET_ALIASES[key]):
             out += list(_TARGET_ALIASES[key])
         else:
-            raise ValueError(f"unknown target module {t!r}: use any of {', '.join(names)}, lm_head, "
+            sep = " (separate names with commas)" if any(c in t for c in ";:|/") else ""
+            raise ValueError(f"unknown target module {t!r}{sep}: use any of {', '.join(names)}, lm_head, "
                              "all-linear (or the GPT-NeoX/phi names)")
     if not out:
         raise ValueError("targets is empty: name at least one linear module, e.g. q_proj,v_proj")
@@ -55,22 +60,13 @@ def normalize_targets(arch: Arch, targets) -> tuple[str, ...]:
 
 
 def _validate(a: Arch, s: Settings) -> Settings:
-    for f, allowed in (("method", METHODS), ("optimizer", OPTIMIZERS), ("dtype", tuple(DTYPES)),
-                       ("attn", ("sdpa", "eager")), ("device", ("cuda", "cpu")), ("stack", tuple(STACKS))):
-        if getattr(s, f) not in allowed:
-            raise ValueError(f"{f} must be one of {', '.join(allowed)}, got {getattr(s, f)!r}")
-    for f in ("seq_len", "batch"):
-        if not isinstance(getattr(s, f), int) or getattr(s, f) <= 0:
-            raise ValueError(f"{f} must be a positive integer, got {getattr(s, f)!r}")
-    if not 0.0 <= s.lora_dropout < 1.0:
-        raise ValueError(f"lora_dropout must be in [0, 1), got {s.lora_dropout}")
+    checks.check_settings(s, {"method": METHODS, "optimizer": OPTIMIZERS, "dtype": tuple(DTYPES),
+                              "attn": ("sdpa", "eager"), "device": ("cuda", "cpu"), "stack": tuple(STACKS)})
     if s.method == "full":
         return replace(s, targets=())
     if s.stack == "litgpt" and "dora" in s.method:
         raise ValueError("the litgpt stack models LoRA and QLoRA only: use stack='hf' for DoRA")
     targets = normalize_targets(a, s.targets)
-    if not isinstance(s.rank, int) or s.rank <= 0:
-        raise ValueError(f"rank must be a positive integer, got {s.rank!r}")
     dims = {**a.linears(), "lm_head": (a.hidden, a.vocab)}
     for t in targets:
         if s.rank > min(dims[t]):
@@ -320,7 +316,7 @@ def _temporaries(a: Arch, s: Settings, st: Stack, x: int, block_rest: int) -> in
 def estimate(model, settings: Settings | None = None, **kw) -> Estimate:
     """Predict the peak of one training step; `settings` or keyword overrides of `Settings`."""
     a = resolve(model)
-    s = _validate(a, replace(settings or Settings(), **kw))
+    s = _validate(a, checks.settings_from(Settings() if settings is None else settings, kw))
     st = STACKS[s.stack]
     T, N = s.seq_len, s.seq_len * s.batch
     quant = s.method in ("qlora", "qdora")
