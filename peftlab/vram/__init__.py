@@ -3,6 +3,7 @@
     peak = weights (+ NF4 constants) + adapters + grads + optimizer states
            + activations saved for backward + temporaries  (+ CUDA context, stated apart)
 
+    checks    input checks (config.json, sizes, settings): one-line errors that name the field
     spec      architectures and presets, code paths (`Stack`), `Settings`, the `Estimate`, `GPUS`, `report`
     terms     the counting: `estimate`, `normalize_targets`
     measure   the same breakdown measured on a real transformers + PEFT step; the Lit-GPT calibration
