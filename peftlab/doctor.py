@@ -100,7 +100,7 @@ def run() -> list[Check]:
     checks.append(Check("disk", f"{free / GIB:.1f} GiB free at {cache}", free >= 2 * GIB,
                         "" if free >= 2 * GIB else "free 2 GiB or set PEFTLAB_CACHE to a bigger disk"))
     try:
-        prof = settings.profile()
+        prof = settings.resolve()  # read the environment now, not the session's cached profile
         checks.append(Check("profile", f"{prof.name} (device {prof.device}, compute {prof.compute_dtype})", True, ""))
         model_name = prof.model
     except ValueError as err:
