@@ -22,9 +22,10 @@ import sys
 import tempfile
 import uuid
 import warnings
+from collections.abc import Mapping
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -184,6 +185,31 @@ def resolve_source(name: str | None = None) -> str:
             raise ModelError(f"hub model {name!r} is not downloaded and HF_HUB_OFFLINE=1: unset "
                              "HF_HUB_OFFLINE to download it, or use 'embedded' or a local folder")
     return name
+
+
+def local_folder(name: str | None = None) -> str:
+    """`resolve_source`, with a hub id turned into its local snapshot folder (downloaded unless
+    HF_HUB_OFFLINE), for tools that read config.json from disk, like the VRAM estimator."""
+    from huggingface_hub import snapshot_download
+
+    source = resolve_source(name)
+    return source if Path(source).is_dir() else snapshot_download(source)
+
+
+def to_device(batch: Any, model: nn.Module | torch.device | str) -> Any:
+    """`batch` (a tensor, or a dict — BatchEncoding too —, list or tuple of them) on the device of
+    `model`'s input embeddings (or on a device given by name); other values pass through unchanged."""
+    if isinstance(model, nn.Module):
+        emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        param = emb.weight if emb is not None else next(model.parameters(), None)
+        if param is None:
+            raise ValueError(f"{type(model).__name__} has no parameters to take a device from: pass a device")
+        model = param.device
+    if isinstance(batch, torch.Tensor):
+        return batch.to(model)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, model) for k, v in batch.items()}
+    return type(batch)(to_device(v, model) for v in batch) if isinstance(batch, (list, tuple)) else batch
 
 
 def bnb_config(quant_type: str = "nf4", double_quant: bool = True,

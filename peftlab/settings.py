@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -38,7 +39,7 @@ def torch_dtype(name: str) -> torch.dtype:
 class Profile:
     name: str            # one of PROFILES
     device: str          # "cuda" or "cpu": where models and tensors go
-    model: str           # "embedded" (SmolLM2-135M-Instruct, offline) or a hub id / local path
+    model: str           # "embedded" (SmolLM2-135M-Instruct, offline) or a hub id / local path (gpu_model)
     compute_dtype: str   # dtype for 4-bit matmuls and training: bf16, fp16 (T4) or fp32
     paged_optim: bool    # paged 8-bit AdamW (needs CUDA; CPU has nothing to page)
     seed: int            # the seed every notebook sets in its first cell
@@ -76,6 +77,34 @@ def default_model() -> str:
     return os.environ.get("PEFTLAB_MODEL", "").strip() or "embedded"
 
 
+# The gpu profile's model when PEFTLAB_MODEL is unset, by free GPU memory (largest first). Each must
+# run every notebook: notebook 01 holds three fp32 copies (12 B/param) and the showdown's full
+# fine-tune fp32 weights + grads + AdamW (16 B/param) plus activations. Both Apache-2.0.
+GPU_MODELS = (  # (free GiB at least, hub id)
+    (30, "Qwen/Qwen2.5-1.5B-Instruct"),   # A100 40/80 GB, L40S, H100
+    (12, "Qwen/Qwen2.5-0.5B-Instruct"),   # T4 16 GB (Colab), A10, RTX 3090/4090
+)
+
+
+def gpu_model(free_bytes: int, downloads: bool) -> str:
+    """The gpu profile's default model: the first GPU_MODELS entry that fits `free_bytes` of free
+    GPU memory (`torch.cuda.mem_get_info()[0]`) when hub downloads are allowed, else "embedded"."""
+    if isinstance(free_bytes, bool) or not isinstance(free_bytes, int) or free_bytes < 0:
+        raise ValueError(f"free_bytes must be a byte count >= 0 (torch.cuda.mem_get_info()[0]), got {free_bytes!r}")
+    fits = [name for need_gib, name in GPU_MODELS if free_bytes >= need_gib * 2**30]
+    return fits[0] if downloads and fits else "embedded"
+
+
+def _hub_offline() -> bool:
+    # TODO(downloads switch): read the kit's one switch once it lands; models.resolve_source's rule
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+
+
+@lru_cache(maxsize=None)
+def _notice(line: str) -> None:
+    print(line, file=sys.stderr)  # once per process, however often a profile is resolved
+
+
 def resolve(name: str | None = None, model: str | None = None) -> Profile:
     """Build the profile `name` (default: $PEFTLAB_PROFILE, else gpu/cpu by hardware).
 
@@ -98,6 +127,12 @@ def resolve(name: str | None = None, model: str | None = None) -> Profile:
     else:
         device, dtype = "cpu", _cpu_compute_dtype()
     chosen_model = model or default_model()
+    if device == "cuda" and not model and not os.environ.get("PEFTLAB_MODEL", "").strip():
+        free = torch.cuda.mem_get_info()[0]
+        chosen_model = gpu_model(free, downloads=not _hub_offline())
+        if chosen_model == "embedded":
+            why = "hub downloads are off (HF_HUB_OFFLINE)" if _hub_offline() else f"{free / 2**30:.0f} GiB free"
+            _notice(f"peftlab: gpu profile on the embedded SmolLM2-135M ({why}); set PEFTLAB_MODEL to choose a model")
     return Profile(name=raw, device=device, model=chosen_model, compute_dtype=dtype,
                    paged_optim=device == "cuda", seed=DEFAULT_SEED)
 

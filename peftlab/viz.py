@@ -2,13 +2,24 @@
 
 They never call `.show()` and never import widget code, so tests can
 check a figure's data without a browser. Sections follow the notebooks (00 → 06);
-a lesson adds its builders to its own section.
+a lesson adds its builders to its own section. Numbers may come as lists, NumPy arrays or torch
+tensors on any device (a CUDA tensor is copied to the host once, not read element by element).
 """
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
 TEMPLATE = "plotly_white"
+
+
+def _host(values):
+    """A torch tensor (any device, any dtype) as nested Python floats; anything else as it is."""
+    return values.detach().float().cpu().tolist() if hasattr(values, "detach") else values
+
+
+def _floats(values) -> list[float]:
+    """A 1-D sequence of numbers (list, array, tensor on any device) as a list of Python floats."""
+    return [float(v) for v in _host(values)]
 
 
 def _fig(title: str, xaxis: str, yaxis: str, **layout) -> go.Figure:
@@ -36,7 +47,7 @@ def footprint_bars(named_bytes: dict[str, int], title: str = "Memory") -> go.Fig
 
 def spectrum_cut(s, r: int, title: str = "") -> go.Figure:
     """Singular values σ_i (log scale): the top r kept by a rank-r approximation, the rest cut."""
-    s = [float(v) for v in s]
+    s = _floats(s)
     r = max(0, min(int(r), len(s)))
     idx = list(range(1, len(s) + 1))
     fig = _fig(title or f"singular values, cut at r = {r}", "index i", "σ_i (log)")
@@ -54,7 +65,7 @@ def curves(series: dict, title: str, xaxis: str, yaxis: str, log_x: bool = False
     """One line per entry of `series` {name: (x, y)} (e.g. spectra, energy or error against rank)."""
     fig = _fig(title, xaxis, yaxis)
     for name, (x, y) in series.items():
-        fig.add_scatter(x=[float(v) for v in x], y=[float(v) for v in y], mode="lines", name=str(name))
+        fig.add_scatter(x=_floats(x), y=_floats(y), mode="lines", name=str(name))
     if log_x:
         fig.update_xaxes(type="log")
     if log_y:
@@ -65,7 +76,8 @@ def curves(series: dict, title: str, xaxis: str, yaxis: str, log_x: bool = False
 def ratio_bars(labels: list[str], ratios: list[float], title: str, yaxis: str = "× baseline") -> go.Figure:
     """Bars of ratios against a baseline (the first bar is 1.0 by construction), with a line at 1."""
     fig = _fig(title, "", yaxis)
-    fig.add_bar(x=list(labels), y=[float(v) for v in ratios], text=[f"{v:.2f}×" for v in ratios],
+    ratios = _floats(ratios)
+    fig.add_bar(x=list(labels), y=ratios, text=[f"{v:.2f}×" for v in ratios],
                 textposition="outside")
     fig.add_hline(y=1.0, line_dash="dot", line_color="gray")
     return fig
@@ -74,7 +86,7 @@ def ratio_bars(labels: list[str], ratios: list[float], title: str, yaxis: str = 
 def subspace_heatmap(phi, title: str, xaxis: str = "j (top-j directions, r = 64)",
                      yaxis: str = "i (top-i directions, r = 8)") -> go.Figure:
     """φ(i, j) of LoRA §7.2 as a heatmap, i and j counted from 1."""
-    z = [[float(v) for v in row] for row in phi]
+    z = [_floats(row) for row in _host(phi)]
     fig = _fig(title, xaxis, yaxis)
     fig.add_heatmap(z=z, x=list(range(1, len(z[0]) + 1)), y=list(range(1, len(z) + 1)),
                     zmin=0, zmax=1, colorscale="Viridis", colorbar=dict(title="φ"))
@@ -87,9 +99,9 @@ def distribution_vs_normal(centers, density, title: str, log_y: bool = True) -> 
     """A histogram (bin centres, density) of standardized values against the N(0, 1) density."""
     import math
 
-    x = [float(v) for v in centers]
+    x = _floats(centers)
     fig = _fig(title, "(w − mean) / std", "density" + (" (log)" if log_y else ""))
-    fig.add_bar(x=x, y=[float(v) for v in density], name="weights", marker_color="#1f77b4",
+    fig.add_bar(x=x, y=_floats(density), name="weights", marker_color="#1f77b4",
                 opacity=0.7, width=(x[1] - x[0]) if len(x) > 1 else None)
     fig.add_scatter(x=x, y=[math.exp(-v * v / 2) / math.sqrt(2 * math.pi) for v in x], mode="lines",
                     name="N(0, 1)", line=dict(color="#d62728"))
@@ -102,7 +114,7 @@ def code_levels(codes: dict, title: str = "The 16 levels of each 4-bit data type
     """One row of markers per data type {name: levels in [−1, 1]}."""
     fig = _fig(title, "level (× block absmax)", "")
     for name, levels in codes.items():
-        vals = sorted({round(float(v), 6) for v in levels})
+        vals = sorted({round(v, 6) for v in _floats(levels)})
         fig.add_scatter(x=vals, y=[str(name)] * len(vals), mode="markers+text", name=str(name),
                         text=[f"{v:.2f}" for v in vals], textposition="top center", textfont=dict(size=8),
                         marker=dict(size=9, symbol="line-ns-open", line=dict(width=2)), showlegend=False)
@@ -111,11 +123,11 @@ def code_levels(codes: dict, title: str = "The 16 levels of each 4-bit data type
 
 def levels_histogram(centers, counts, levels, title: str) -> go.Figure:
     """Histogram of w / block absmax with a dashed line at each code level (the block explorer)."""
-    x = [float(v) for v in centers]
+    x = _floats(centers)
     fig = _fig(title, "w / absmax of its block", "weights")
-    fig.add_bar(x=x, y=[float(v) for v in counts], name="weights", marker_color="#1f77b4",
+    fig.add_bar(x=x, y=_floats(counts), name="weights", marker_color="#1f77b4",
                 width=(x[1] - x[0]) if len(x) > 1 else None)
-    for v in sorted({round(float(v), 6) for v in levels}):
+    for v in sorted({round(v, 6) for v in _floats(levels)}):
         fig.add_vline(x=v, line_dash="dash", line_color="#d62728", line_width=1)
     fig.update_xaxes(range=[-1.05, 1.05])
     return fig
@@ -126,7 +138,7 @@ def grouped_bars(categories: list[str], series: dict, title: str, yaxis: str,
     """Grouped bars: one group per category, one bar per series {name: values}."""
     fig = _fig(title, "", yaxis, barmode="group")
     for name, values in series.items():
-        vals = [float(v) for v in values]
+        vals = _floats(values)
         fig.add_bar(name=str(name), x=list(categories), y=vals, text=[fmt.format(v) for v in vals],
                     textposition="outside")
     return fig
@@ -138,7 +150,7 @@ def magnitude_by_layer(mags: dict, title: str = "DoRA magnitude m = ‖W‖_c pe
     """One box per layer of the row norms {layer: values (out,)}: the magnitudes DoRA starts from."""
     fig = _fig(title, "layer", "‖W_row‖₂")
     for layer, values in mags.items():
-        fig.add_box(y=[float(v) for v in values], name=str(layer), boxpoints=False,
+        fig.add_box(y=_floats(values), name=str(layer), boxpoints=False,
                     marker_color="#1f77b4", showlegend=False)
     return fig
 
@@ -179,7 +191,7 @@ def loss_curve(series: dict, title: str = "training loss", log_y: bool = True) -
     """
     fig = _fig(title, "optimizer step", "loss (answer tokens)")
     for name, (steps, losses) in series.items():
-        fig.add_scatter(x=[int(s) for s in steps], y=[float(v) for v in losses], mode="lines+markers",
+        fig.add_scatter(x=[int(s) for s in _host(steps)], y=_floats(losses), mode="lines+markers",
                         marker_size=4, name=str(name))
     if log_y:
         fig.update_yaxes(type="log")
@@ -212,9 +224,10 @@ def predicted_vs_measured(labels: list[str], predicted: list[float], measured: l
                           title: str = "Estimator vs measured peak", unit: str = "GB") -> go.Figure:
     """Scatter of predicted against measured with the y = x line; hover shows the row label."""
     fig = _fig(title, f"measured ({unit})", f"predicted ({unit})")
-    hi = max(list(predicted) + list(measured)) * 1.05
+    predicted, measured = _floats(predicted), _floats(measured)
+    hi = max(predicted + measured) * 1.05
     fig.add_scatter(x=[0, hi], y=[0, hi], mode="lines", name="y = x", line=dict(dash="dash", color="grey"))
-    fig.add_scatter(x=list(measured), y=list(predicted), mode="markers", name="rows", text=list(labels),
+    fig.add_scatter(x=measured, y=predicted, mode="markers", name="rows", text=list(labels),
                     hovertemplate="%{text}<br>measured %{x:.2f}<br>predicted %{y:.2f}<extra></extra>")
     return fig
 

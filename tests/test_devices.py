@@ -1,5 +1,8 @@
 """Device-correct by construction: every from-scratch function works on the device of its input.
 
+The from-scratch layers (`lora.LoRALinear`, `dora.DoRALinear`, the wrong-axis DoRA) are run the
+same way: built around a CPU `nn.Linear`, forward, backward, merge and unmerge, each result on the CPU.
+
 The bug class: a function creates a helper tensor (`torch.zeros(shape)`, `torch.tensor(levels)`,
 `torch.arange(n)`) on the *default* device instead of its input's, and then mixes the two — on a GPU
 that is a CPU tensor meeting a CUDA one. Without a GPU we catch it the other way round: the inputs
@@ -16,7 +19,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from peftlab import dora, lowrank, nf4
+from peftlab import dora, lora, lowrank, nf4
 
 
 class OneDevicePerOp(TorchDispatchMode):
@@ -45,6 +48,52 @@ def _w(shape=(96, 64), seed=0):
         return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
+def _base(w):
+    """A CPU nn.Linear holding w (out, in) and a bias: the frozen layer an adapter wraps."""
+    with torch.device("cpu"):
+        lin = torch.nn.Linear(w.shape[1], w.shape[0])
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    return lin
+
+
+def _layer_step(w, cls, **kw):
+    """Wrap, train-mode forward + backward, merge, unmerge: every tensor the layer touches."""
+    layer = cls(_base(w), r=4, alpha=8, **kw).train()
+    with torch.no_grad():
+        layer.lora_B.weight.copy_(0.1 * _w((w.shape[0], 4), seed=2))  # B ≠ 0: A and m get gradients too
+    x = _w((5, w.shape[1]), seed=1).requires_grad_(True)
+    y = layer(x)
+    y.pow(2).sum().backward()
+    layer.merge()
+    merged = layer(x).detach()
+    layer.unmerge()
+    grads = [p.grad for p in layer.parameters() if p.requires_grad]
+    return (y.detach(), x.grad, merged, layer.delta_weight(), dora.effective_weight(layer), *grads)
+
+
+def _tiny_model(w):
+    """{layers.0.q_proj, layers.0.v_proj}: enough structure for inject, MDRecorder and adapter swaps."""
+    block = torch.nn.ModuleDict({"q_proj": _base(w), "v_proj": _base(2 * w)})
+    return torch.nn.ModuleDict({"layers": torch.nn.ModuleList([block])})
+
+
+def _inject_and_record(w, layer_cls):
+    model = _tiny_model(w)
+    lora.inject(model, ["q_proj", "v_proj"], r=4, alpha=8, layer_cls=layer_cls)
+    rec = dora.MDRecorder(model, "q_proj")
+    for m in lora.lora_layers(model).values():
+        with torch.no_grad():
+            m.lora_B.weight.copy_(0.1 * _w((w.shape[0], 4), seed=3))
+    rec.record(model, 1)
+    state = lora.adapter_state_dict(model)
+    lora.load_adapter(model, state)
+    lora.merge_all(model)
+    lora.unmerge_all(model)
+    assert rec.rows[0]["dD"] > 0
+    return tuple(state.values())
+
+
 CASES = {
     "nf4.quantize_4bit": lambda w: nf4.quantize_4bit(w),
     "nf4.dequantize_4bit": lambda w: nf4.dequantize_4bit(nf4.quantize_4bit(w)),
@@ -60,6 +109,15 @@ CASES = {
                                                                         lowrank.left_singular(w * 2, 8)),
     "dora.dora_weight": lambda w: dora.dora_weight(w, 0.1 * w, dora.row_norm(w)),
     "dora.delta_m_d": lambda w: dora.delta_m_d(w, 1.1 * w),
+    "dora.decompose": lambda w: dora.decompose(w),
+    "lora.LoRALinear": lambda w: _layer_step(w, lora.LoRALinear),
+    "lora.LoRALinear (dropout, rsLoRA)": lambda w: _layer_step(w, lora.LoRALinear, dropout=0.1, use_rslora=True),
+    "dora.DoRALinear": lambda w: _layer_step(w, dora.DoRALinear),
+    "dora.DoRALinear (dropout, full norm gradient)": lambda w: _layer_step(w, dora.DoRALinear, dropout=0.1,
+                                                                          detach_norm=False),
+    "dora.WrongAxisDoRALinear": lambda w: _layer_step(w, dora.WrongAxisDoRALinear),
+    "lora.inject + MDRecorder + adapter swap": lambda w: _inject_and_record(w, lora.LoRALinear),
+    "lora.inject DoRA + MDRecorder + adapter swap": lambda w: _inject_and_record(w, dora.DoRALinear),
 }
 
 
