@@ -105,15 +105,21 @@ def _c6(n):
 
 def _c7(n):
     ok = n["base_unchanged"] and n["outputs_differ"]
-    return HOLDS if ok else FAILS, (f"{n['adapters']} adapters on one base switched by name: outputs differ "
-                                    f"{n['outputs_differ']}, base weights unchanged {n['base_unchanged']}"
-                                    + (f"; nb 04: {n['nb04']}" if "nb04" in n else ""))
+    text = (f"{n['adapters']} adapters on one base switched by name: outputs differ {n['outputs_differ']}, "
+            f"base weights unchanged {n['base_unchanged']}")
+    wins = True
+    if "swap_scores" in n:                 # nb 04: {adapter: {task: exact match}}
+        s = n["swap_scores"]
+        wins = s["orders"]["orders"] > s["sql"]["orders"] and s["sql"]["sql"] > s["orders"]["sql"]
+        text += (f"; nb 04 on one 4-bit base: orders {s['orders']['orders']:.0%} (orders adapter) vs "
+                 f"{s['sql']['orders']:.0%} (sql adapter), sql {s['sql']['sql']:.0%} vs {s['orders']['sql']:.0%}")
+    return (HOLDS if wins else NUANCE) if ok else FAILS, text
 
 
 def _c8(n):
     w = n["weights_16bit_gb"]
     over = (w["llama-2-13b"] > 24) + (w["llama-65b"] > 80)
-    text = "16-bit weights alone: " + ", ".join(f"{k} {v:.0f} GB" for k, v in w.items())
+    text = "16-bit weights alone: " + ", ".join(f"{_size(k)} {v:.0f} GB" for k, v in w.items())
     if "small_4bit_over_bf16" in n:
         text += f"; the embedded model's 4-bit weights are {n['small_4bit_over_bf16']:.0%} of bf16"
     return (HOLDS if over == 2 else NUANCE if over else FAILS), text + " (13B > 24 GB, 65B > 80 GB cards)"
@@ -133,6 +139,10 @@ def _c9(n):
     return (HOLDS if n.get("paging_shown") else NUANCE), text + (" (best of three, not proven optimal)")
 
 
+def _size(model: str) -> str:
+    return model.rsplit("-", 1)[-1].upper()             # llama-2-13b -> 13B
+
+
 def _c10(n):
     lines, less, within = [], [], 0
     for model, cell in n["cells"].items():
@@ -140,11 +150,11 @@ def _c10(n):
             ratio = seed / est
             within += 0.8 <= ratio <= 1.2
             if ratio < 0.8:
-                less.append(f"{model.split('-', 1)[1]} {method} {seed} vs {est:.0f}")
+                less.append(f"{_size(model)} {method} {seed} vs {est:.0f}")
     total = 3 * len(n["cells"])
     text = (f"{within} of {total} cells within ±20% of the estimate (full FT in mixed precision)"
             + (f"; too low (you would run out of memory): {', '.join(less)} GB" if less else "")
-            + "; pure-bf16 full FT: " + ", ".join(f"{k.split('-', 1)[1]} {c['full_bf16']:.0f}" for k, c in n["cells"].items())
+            + "; pure-bf16 full FT: " + ", ".join(f"{_size(k)} {c['full_bf16']:.0f}" for k, c in n["cells"].items())
             + " GB")
     return (HOLDS if within == total else FAILS if less else NUANCE), text
 
@@ -157,7 +167,8 @@ def _c12(n):
     r = dict(n["qlora_over_lora"])
     r.update({k: v for k, v in n.items() if k in ("weights_small", "training_small")})
     band = {k: 0.25 <= v <= 0.42 for k, v in r.items()}
-    text = "QLoRA/LoRA " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()) + " (about a third: 0.25–0.42)"
+    text = "QLoRA/LoRA " + ", ".join(f"{_size(k) if k.startswith('llama') else k.replace('_', ' ')} {v:.2f}"
+                                 for k, v in r.items()) + " (about a third: 0.25–0.42)"
     return (HOLDS if all(band.values()) else NUANCE if any(band.values()) else FAILS), text
 
 
@@ -220,7 +231,8 @@ RULES = {
                "else with a nuance", ("share_7b_qv_r8",), _c5),
     "C6": Rule("01", "holds if merged FLOPs = base FLOPs and merged logits = unmerged within 1e-4 (relative)",
                ("flops_merged", "flops_base", "max_logit_rel_diff"), _c6),
-    "C7": Rule("01, 04", "holds if switching adapters changes the output and leaves the base unchanged",
+    "C7": Rule("01, 04", "holds if switching adapters changes the output and leaves the base unchanged (nb 01) and "
+               "each of nb 04's adapters wins its own task; with a nuance if they do not",
                ("adapters", "base_unchanged", "outputs_differ"), _c7),
     "C8": Rule("00, 05", "holds if 16-bit weights alone exceed a 24 GB card at 13B and an 80 GB card at 65B",
                ("weights_16bit_gb",), _c8),
