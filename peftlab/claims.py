@@ -88,7 +88,10 @@ def _c4(n):
 def _c5(n):
     big = n["share_7b_qv_r8"]
     small = {k: v for k, v in n.items() if k.startswith("share_small")}
-    text = f"LLaMA-2-7B r=8 q,v: {_pct(big)}" + "".join(f"; 135M model {k[12:].replace('_', ' ')} {_pct(v)}" for k, v in small.items())
+    label = {"share_small_qv_r8": "q,v r=8 (nb 01)", "share_small_attention_r16": "attention r=16 (nb 00)",
+             "share_small_all_linear": "all linears (nb 06)"}
+    text = f"LLaMA-2-7B r=8 q,v: {_pct(big)}" + "".join(f"; 135M model {label.get(k, k)} {_pct(v)}"
+                                                        for k, v in sorted(small.items()))
     if "settings_under" in n:
         text += f"; {n['settings_under']} of {n['settings_total']} LLaMA-2 settings (size × targets × r) stay under 0.1%"
     return (FAILS if big >= 0.1 else HOLDS if all(v < 0.1 for v in small.values()) else NUANCE), \
@@ -163,12 +166,15 @@ def _c11(n):
     return (HOLDS if n["fits_24gb"] else FAILS), f"13B QLoRA at 1×2048 with checkpointing: {n['qlora13b_gb']:.1f} GB"
 
 
+_SMALL = {"weights_small": "135M weights (nb 00)", "training_small": "135M whole training, counted (nb 06)"}
+
+
 def _c12(n):
     r = dict(n["qlora_over_lora"])
     r.update({k: v for k, v in n.items() if k in ("weights_small", "training_small")})
     band = {k: 0.25 <= v <= 0.42 for k, v in r.items()}
-    text = "QLoRA/LoRA " + ", ".join(f"{_size(k) if k.startswith('llama') else k.replace('_', ' ')} {v:.2f}"
-                                 for k, v in r.items()) + " (about a third: 0.25–0.42)"
+    text = "QLoRA/LoRA " + ", ".join(f"{_size(k) if k.startswith('llama') else _SMALL[k]} {v:.3f}"
+                                 + ("✓" if band[k] else "") for k, v in r.items()) + " (✓ about a third: 0.25–0.42)"
     return (HOLDS if all(band.values()) else NUANCE if any(band.values()) else FAILS), text
 
 
