@@ -74,7 +74,7 @@ def _c2(n):
 def _exact(n, what, tol_out=1e-4, tol_grad=1e-6):
     match = n["max_logit_diff"] <= tol_out and n.get("max_grad_diff", 0) <= tol_grad
     s = n["scaling"]
-    text = (f"{what}; ours = PEFT (logits {n['max_logit_diff']:.0e}, grads {n.get('max_grad_diff', 0):.0e}); "
+    text = (f"{what}; ours = PEFT (outputs {n['max_logit_diff']:.0e}, grads {n.get('max_grad_diff', 0):.0e}); "
             f"the update is scaled by α/r = {s:g}, which the seed's formula leaves out")
     return (NUANCE if s != 1 else HOLDS) if match else FAILS, text
 
