@@ -1,8 +1,7 @@
-"""The showdown (peftlab.showdown) and its verdicts (peftlab.ledger).
+"""The showdown (peftlab.showdown); its verdicts are tested in tests/test_ledger.py.
 
 Compared: the plan against the fairness rules (same steps, batch, seeds; only full FT's lr
-differs); summary means/stds against hand-computed ones on tiny fake runs; star and claim
-verdicts against rows built to hold and to fail; one real smoke run's counted memory terms
+differs); summary means/stds against hand-computed ones on tiny fake runs; one real smoke run's counted memory terms
 against the trainable parameters' bytes (gradients = 1×, AdamW states = 2×, adapter file ≈ 1×);
 a plan's configs against the profile it was made for (never the session's dtype).
 """
@@ -12,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from peftlab import ledger, settings, showdown, viz
+from peftlab import settings, showdown, viz
 
 
 def _run(method, seed, em, mem, step, r=8, trainable=100, fields=None):
@@ -75,37 +74,6 @@ def test_summary_means_and_stds():
     assert rows["dora"]["field_mean"] == pytest.approx((0.82 + 1.0) / 2)
     runs = [_run("lora", 0, 0.1, 1, 1.0, r=2), _run("lora", 0, 0.3, 1, 1.0, r=8)]
     assert [x["exact_match"] for x in showdown.summary({"runs": runs}, r=2)] == [0.1]
-
-
-def test_star_verdicts_follow_the_measurement():
-    good = {(v["aspect"], v["method"]): v["verdict"] for v in ledger.star_verdicts(_rows())}
-    assert good[("memory efficiency", "qlora")] == "holds"        # 0.5× LoRA
-    assert good[("memory efficiency", "dora")] == "holds"         # 1.02× LoRA: same stars
-    assert good[("performance", "dora")] == "holds"               # +0.30 ≫ spread 0.02
-    assert good[("training speed", "dora")] == "holds"            # 1.5× LoRA's step time: "medium"
-    assert good[("performance", "lora")] == "reference"
-    bad = {(v["aspect"], v["method"]): v["verdict"]
-           for v in ledger.star_verdicts(_rows(dora_em=(0.5, 0.52, 0.54), qlora_mem=990, dora_step=1.0))}
-    assert bad[("memory efficiency", "qlora")] == "does not hold"
-    assert bad[("performance", "dora")] == "does not hold"
-    assert bad[("training speed", "dora")] == "does not hold"
-
-
-def test_ledger_has_every_claim_with_a_verdict():
-    rows = ledger.ledger(_rows())
-    assert [x["id"] for x in rows] == [f"C{i}" for i in range(1, 19)]
-    allowed = {"holds", "holds with a nuance", "does not hold", "pending"}
-    assert all(x["verdict"] in allowed and x["number"] and x["notebook"] and x["claim"] for x in rows)
-    by = {x["id"]: x for x in rows}
-    assert by["C14"]["verdict"] == "holds with a nuance"      # better beyond noise, but +58% and +10 params
-    same = ledger.measured_claims(_rows(dora_em=(0.5, 0.53, 0.56), dora_trainable=100))
-    assert same["C14"]["verdict"] == "does not hold"          # +0.03 is within the seeds' spread
-    assert "06" in by["C15"]["notebook"] and "06" in by["C18"]["notebook"]
-
-
-def test_markdown_table():
-    text = ledger.markdown_table([{"a": 1, "b": "x"}], {"a": "A", "b": "B"})
-    assert text.splitlines() == ["| A | B |", "|---|---|", "| 1 | x |"]
 
 
 def test_figures_carry_the_numbers():
