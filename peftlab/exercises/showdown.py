@@ -3,7 +3,7 @@
     mean ± std over seeds at one rank (sample std, n − 1)        a gap counts only beyond the seeds' spread
     spread = √((std_a² + std_b²) / 2)                            C14: DoRA > LoRA by 5–15 %, same parameter count
 
-The references are the rules of `peftlab.showdown.summary` and `peftlab.ledger.measured_claims`
+The references are the rules of `peftlab.showdown.summary` and `peftlab.claims.verdict` (C14)
 (tests/test_exercises.py checks that they agree on the committed results file).
 Solutions: notebooks/solutions/06_showdown.py.
 """
@@ -114,4 +114,4 @@ def check_c14_verdict(fn: Callable[[dict, dict], str]) -> bool:
     }
     why = cases(got, ref, [label for label, _, _ in _C14],
                 {h: [c14_verdict(lo, do, **kw) for _, lo, do in _C14] for h, kw in slips.items()})
-    return report(why, "the C14 verdict for every table (the rule of ledger.measured_claims)")
+    return report(why, "the C14 verdict for every table (the rule of claims.verdict("C14", ...))")
