@@ -114,4 +114,4 @@ def check_c14_verdict(fn: Callable[[dict, dict], str]) -> bool:
     }
     why = cases(got, ref, [label for label, _, _ in _C14],
                 {h: [c14_verdict(lo, do, **kw) for _, lo, do in _C14] for h, kw in slips.items()})
-    return report(why, "the C14 verdict for every table (the rule of claims.verdict("C14", ...))")
+    return report(why, "the C14 verdict for every table (the rule of claims.verdict('C14', ...))")
