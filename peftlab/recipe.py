@@ -22,6 +22,7 @@ Public API:
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import asdict, dataclass, replace
@@ -102,6 +103,7 @@ def _targets(value) -> tuple[tuple[str, ...] | object, str | None]:
     return names, None
 
 
+@functools.lru_cache(maxsize=1)
 def _optimizers() -> tuple[str, ...]:
     from transformers.training_args import OptimizerNames  # the names Trainer accepts, not a copy
 
@@ -130,7 +132,7 @@ def _problems(c: TrainConfig) -> list[str]:
         off = " (0: none)" if low == 0 and name == "save_steps" else ""
         out.append(f"{name} must be a whole number ≥ {low}{off}{none}, got {v!r}")
     for name, lo, hi, lo_ok, example in (("lr", 0, 1, False, "2e-4 (seed) or 1e-3 (CPU recipe), as 0 trains nothing"),
-                                          ("alpha", 0, float("inf"), False, "2·r, e.g. 32 for r=16"),
+                                          ("alpha", 0, float("inf"), False, "2·r (32 for r=16)"),
                                           ("dropout", 0, 1, True, "0.05 (seed) or 0.0"),
                                           ("weight_decay", 0, 1, True, "0.0 or 0.01")):
         v = getattr(c, name)
