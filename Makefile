@@ -10,6 +10,8 @@ STAMP   := $(VENV)/.peftlab-installed
 PORT    ?= 8888
 # Jupyter refuses root unless told; containers, Colab-like VMs and CI run as root.
 ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+# Downloads stay off unless you allow them (peftlab.settings.downloads_allowed): `PEFTLAB_ALLOW_DOWNLOADS=1 make lab`
+# (or HF_HUB_OFFLINE=0 make lab) lets a hub model you name download; a value you set is kept.
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 

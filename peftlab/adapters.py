@@ -10,11 +10,16 @@ again afterwards (new error).
 Public API (notebook 04 and the showdown call these):
     save_adapter(model, path, *, log=print) -> Path   atomic; replaces only an earlier save
     last_checkpoint(output_dir) -> str | None         newest *complete* checkpoint-N folder
+    checkpoint_problem(path) -> str | None            a file of the checkpoint that cannot load
+    record_config(checkpoint, cfg);  config_differences(checkpoint, cfg) -> list[str]
+    resume_point(output_dir, cfg, resume) -> str | None   the checks before train.train starts
     merge_4bit(adapter_dir, cfg, dtype=fp32) -> nn.Module   dequantize the 4-bit base, then merge
 """
 from __future__ import annotations
 
+import json
 import re
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -71,9 +76,105 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     out = Path(output_dir)
     if not out.is_dir():
         return None
-    done = [p for p in out.iterdir() if re.fullmatch(r"checkpoint-\d+", p.name)
-            and (p / "trainer_state.json").is_file()]
+    done = [p for p in out.iterdir() if _is_checkpoint(p)]
     return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
+
+
+CONFIG_FILE = "peftlab_config.json"  # the TrainConfig a checkpoint was trained with (train.train writes it)
+# What must match to continue a checkpoint: these decide the adapter's shape and the base it fits.
+RESUME_FIELDS = ("method", "model", "r", "alpha", "dropout", "target_modules", "quant_type", "double_quant")
+
+
+def _is_checkpoint(p: Path) -> bool:
+    return p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name) is not None and (p / "trainer_state.json").is_file()
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """The first file of a Trainer checkpoint that cannot load (safetensors cut short, a torch
+    .pt/.pth file that is not a whole zip archive, unreadable trainer_state.json), or None."""
+    path = Path(path)
+    weights = [f for f in sorted(path.glob("*.safetensors"))]
+    if not weights and not list(path.glob("*.bin")):
+        return "it holds no adapter or model weights"
+    for f in weights:
+        problem = models.safetensors_problem(f)
+        if problem:
+            return problem
+    for f in sorted(path.glob("*.pt")) + sorted(path.glob("*.pth")):
+        if not zipfile.is_zipfile(f):  # torch.save writes a zip archive; a cut-short one has no directory
+            return f"{f.name} is cut short or not a torch file"
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return "trainer_state.json is unreadable"
+    return None
+
+
+def record_config(checkpoint: str | Path, cfg: recipe.TrainConfig) -> None:
+    """Write cfg into the checkpoint folder (CONFIG_FILE), so a resume can say what differs."""
+    (Path(checkpoint) / CONFIG_FILE).write_text(json.dumps(recipe.config_dict(cfg), indent=1))
+
+
+def config_differences(checkpoint: str | Path, cfg: recipe.TrainConfig) -> list[str]:
+    """'field: checkpoint X, config Y' for every RESUME_FIELDS entry that differs. Reads CONFIG_FILE;
+    for a checkpoint without it, the adapter's own adapter_config.json (r, alpha, DoRA, targets)."""
+    ck = Path(checkpoint)
+    now = recipe.config_dict(cfg)
+    try:
+        then = json.loads((ck / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        then = None
+    if isinstance(then, dict):
+        return [f"{k}: checkpoint {then.get(k)!r}, config {now[k]!r}" for k in RESUME_FIELDS
+                if then.get(k) != now[k] and (cfg.quantized or k not in ("quant_type", "double_quant"))]
+    try:
+        peft = json.loads((ck / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return [] if cfg.method == "full" else [f"method: checkpoint holds a whole model, config {cfg.method!r}"]
+    if cfg.method == "full":
+        return [f"method: checkpoint holds a {'DoRA' if peft.get('use_dora') else 'LoRA'} adapter, config 'full'"]
+    out = []
+    if bool(peft.get("use_dora")) != (cfg.method in ("dora", "qdora")):
+        out.append(f"method: checkpoint {'DoRA' if peft.get('use_dora') else 'LoRA'}, config {cfg.method!r}")
+    for key, mine in (("r", cfg.r), ("lora_alpha", cfg.alpha), ("lora_dropout", cfg.dropout)):
+        if peft.get(key) is not None and peft[key] != mine:
+            out.append(f"{key}: checkpoint {peft[key]!r}, config {mine!r}")
+    theirs = peft.get("target_modules")
+    if isinstance(theirs, list) and cfg.target_modules != (recipe.ALL_LINEAR_PEFT,) and set(theirs) != set(cfg.target_modules):
+        out.append(f"target_modules: checkpoint {','.join(sorted(theirs))}, config {','.join(cfg.target_modules)}")
+    return out
+
+
+def resume_point(output_dir: str | Path, cfg: recipe.TrainConfig, resume: bool) -> str | None:
+    """What train.train checks about output_dir before anything runs; returns the checkpoint to
+    resume from (None: start fresh). Refused with one line: output_dir is a file or itself a
+    checkpoint folder; resume=False where earlier checkpoints would be overwritten; resume=True
+    from a checkpoint whose files cannot load or that was trained with another config."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir {out} is a file: pass a folder for the checkpoints")
+    if re.fullmatch(r"checkpoint-\d+", out.name) or (out / "trainer_state.json").is_file():
+        raise ValueError(f"output_dir {out} is itself a checkpoint folder: pass its parent {out.parent} "
+                         "as output_dir (resume=True continues from its newest checkpoint)")
+    if not resume:
+        old = sorted((p.name for p in out.iterdir() if _is_checkpoint(p)), key=lambda n: int(n.split("-")[1])) \
+            if out.is_dir() else []
+        if old:
+            raise ValueError(f"{out} already holds checkpoints of an earlier run ({', '.join(old[-3:])}): pass "
+                             "resume=True to continue it, or a new output_dir to start over (they would be overwritten)")
+        return None
+    start = last_checkpoint(out)
+    if start is None:
+        return None
+    problem = checkpoint_problem(start)
+    if problem:
+        raise ValueError(f"checkpoint {start} is damaged ({problem}): delete that folder to resume from the one "
+                         "before, or start over with resume=False and a new output_dir")
+    diff = config_differences(start, cfg)
+    if diff:
+        raise ValueError(f"checkpoint {start} was trained with another config ({'; '.join(diff)}): resume with "
+                         "the checkpoint's settings, or start over with resume=False and a new output_dir")
+    return start
 
 
 def merge_4bit(adapter_dir: str | Path, cfg: recipe.TrainConfig,

@@ -1,12 +1,13 @@
 """The `peftlab` command: `doctor`, `prepare`, `estimate`.
 
 Errors a learner can fix print one line (`peftlab: error: ... `) and exit 2;
-no traceback.
+no traceback. Downloads follow `settings.downloads_allowed()` (off unless
+PEFTLAB_ALLOW_DOWNLOADS=1 or HF_HUB_OFFLINE=0); the command applies that switch
+before any Hugging Face library is imported.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -47,13 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from . import settings
+
+        settings.apply_downloads_switch()  # one switch; never re-forces what the user set
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"peftlab: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # ModelError, DataError, a file that cannot be read/written
+        print(f"peftlab: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("peftlab: interrupted", file=sys.stderr)

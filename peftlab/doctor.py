@@ -108,12 +108,17 @@ def run() -> list[Check]:
         model_name = os.environ.get("PEFTLAB_MODEL", "") or models.EMBEDDED
     try:
         src = models.resolve_source(model_name)
+        if src == str(models.embedded_path()):
+            models.verify(models.embedded_path(), full=True)  # sizes and sha256, not only the marker
         checks.append(Check("model", f"{model_name} → {src} (ready)", True, ""))
     except ValueError as err:
         checks.append(Check("model", model_name, False, str(err)))
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-    checks.append(Check("hub", "offline (HF_HUB_OFFLINE=1)" if offline else "online: hub models may download",
-                        True, ""))
+    try:
+        allowed, why = settings.downloads_setting()
+        checks.append(Check("hub", f"downloads allowed ({why})" if allowed else
+                            f"downloads off ({why}); {settings.ALLOW_DOWNLOADS} allows hub models", True, ""))
+    except ValueError as err:
+        checks.append(Check("hub", "unreadable switch", False, str(err)))
     return checks
 
 

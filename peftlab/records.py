@@ -202,8 +202,8 @@ def check_records(records: Sequence[Mapping] | Any, source: str = "records") -> 
 def _local_only():
     """Load local files without any hub request: datasets' download-count ping is off, offline on.
 
-    Scoped to the call, so a user who allows hub downloads (HF_HUB_OFFLINE unset) keeps that for
-    models and hub datasets; the telemetry switches are set only where the user has not set them.
+    Scoped to the call, so a user who allows hub downloads (settings.downloads_allowed) keeps that
+    for models and hub datasets; the telemetry switches are set only where the user has not set them.
     """
     import datasets.config as dc
 

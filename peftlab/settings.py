@@ -1,11 +1,17 @@
 """Run profiles: one switch, read once, that scales every lesson.
 
     PEFTLAB_PROFILE ∈ {smoke, cpu, gpu}; default: gpu when CUDA is present, else cpu.
+    downloads allowed ⇔ PEFTLAB_ALLOW_DOWNLOADS=1 (or, when that is unset, HF_HUB_OFFLINE=0); default off.
 
 `smoke` is for tests and CI (few steps, still the real model and the real
 4-bit path), `cpu` shows every effect on a laptop in minutes, `gpu` uses a
 bigger model and data. Notebooks run the same cells in every profile and pick
 sizes with `profile.pick(smoke=..., cpu=..., gpu=...)` instead of branching.
+
+Downloads have one switch too, `downloads_allowed()`, which every entry point (the CLI,
+`models.load_model` / `load_tokenizer` / `resolve_source`) honours: the kit fetches a hub model
+only when you name one *and* allow downloads. The kit never sends telemetry: importing it sets
+HF_HUB_DISABLE_TELEMETRY=1 unless you set it yourself.
 """
 from __future__ import annotations
 
@@ -21,6 +27,10 @@ import torch
 
 PROFILES = ("smoke", "cpu", "gpu")
 DEFAULT_SEED = 1234
+ALLOW_DOWNLOADS = "PEFTLAB_ALLOW_DOWNLOADS=1"  # what to set to allow hub downloads (error messages quote it)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # before huggingface_hub reads it; the user's value wins
 
 # One source for the kit's vocabulary (training, the VRAM estimator, widgets and the CLI all read these).
 METHODS = ("full", "lora", "qlora", "dora", "qdora")  # q = frozen 4-bit base; dora = magnitude/direction
@@ -96,13 +106,53 @@ def gpu_model(free_bytes: int, downloads: bool) -> str:
 
 
 def _hub_offline() -> bool:
-    # TODO(downloads switch): read the kit's one switch once it lands; models.resolve_source's rule
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    return not downloads_allowed()  # the kit's one downloads switch
 
 
 @lru_cache(maxsize=None)
 def _notice(line: str) -> None:
     print(line, file=sys.stderr)  # once per process, however often a profile is resolved
+
+
+def _flag(var: str) -> bool | None:
+    """An environment switch as True / False, None when unset or empty; a typo is an error."""
+    raw = os.environ.get(var, "").strip().lower()
+    if not raw:
+        return None
+    if raw not in _TRUE + _FALSE:
+        raise ValueError(f"{var}={os.environ[var]!r} is not a switch: use 1 or 0")
+    return raw in _TRUE
+
+
+def downloads_setting() -> tuple[bool, str]:
+    """(allowed, the setting that decided it, in words). PEFTLAB_ALLOW_DOWNLOADS=1/0 decides; when
+    it is unset, HF_HUB_OFFLINE=0 allows and HF_HUB_OFFLINE=1 forbids; with neither, downloads are off."""
+    allowed = _flag("PEFTLAB_ALLOW_DOWNLOADS")
+    if allowed is not None:
+        return allowed, f"PEFTLAB_ALLOW_DOWNLOADS={int(allowed)}"
+    offline = _flag("HF_HUB_OFFLINE")
+    if offline is not None:
+        return not offline, f"HF_HUB_OFFLINE={int(offline)}"
+    return False, "neither PEFTLAB_ALLOW_DOWNLOADS nor HF_HUB_OFFLINE is set"
+
+
+def downloads_allowed() -> bool:
+    """May the kit download a hub model? See `downloads_setting`. Read at every call, so
+    `%env PEFTLAB_ALLOW_DOWNLOADS=1` in a notebook takes effect at once."""
+    return downloads_setting()[0]
+
+
+def apply_downloads_switch() -> bool:
+    """Make huggingface_hub follow `downloads_allowed()` (its offline constant, which it reads from
+    HF_HUB_OFFLINE once at import) and keep telemetry off; returns the switch. The environment is
+    left as the user set it. The CLI calls this first; `models.resolve_source` before a download."""
+    allowed = downloads_allowed()
+    import huggingface_hub.constants as hub
+
+    hub.HF_HUB_OFFLINE = not allowed
+    if _flag("HF_HUB_DISABLE_TELEMETRY") is not False:  # an explicit HF_HUB_DISABLE_TELEMETRY=0 wins
+        hub.HF_HUB_DISABLE_TELEMETRY = True
+    return allowed
 
 
 def resolve(name: str | None = None, model: str | None = None) -> Profile:

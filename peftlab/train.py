@@ -74,8 +74,15 @@ def build_model(cfg: recipe.TrainConfig):
         model = models.load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
         models.set_checkpointing(model, cfg.gradient_checkpointing)
     lcfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, task_type="CAUSAL_LM",
-                      target_modules=list(cfg.target_modules), use_dora=cfg.method in ("dora", "qdora"))
-    model = get_peft_model(model, lcfg)
+                      target_modules=recipe.lora_targets(cfg), use_dora=cfg.method in ("dora", "qdora"))
+    try:
+        model = get_peft_model(model, lcfg)
+    except ValueError as err:  # PEFT: "Target modules {...} not found in the base model. Please check ..."
+        if "not found in the base model" not in str(err):
+            raise
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(f"target_modules {','.join(cfg.target_modules)} match no layer of {cfg.model}: its "
+                         f"linear layers are {', '.join(names)} (or use 'all-linear')") from None
     models.guard_4bit(model)  # idempotent; keeps the bitsandbytes CPU pitfall away
     return model, tok
 
@@ -179,6 +186,18 @@ class InterruptAt(TrainerCallback):
             raise KeyboardInterrupt(f"interrupted at step {self.step}")
 
 
+class _RecordConfig(TrainerCallback):
+    """Write the run's TrainConfig into every checkpoint (after Trainer wrote it), for resume checks."""
+
+    def __init__(self, cfg: recipe.TrainConfig):
+        self.cfg = cfg
+
+    def on_save(self, args, state, control, **kw):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if ckpt.is_dir():
+            adapters.record_config(ckpt, self.cfg)
+
+
 # --- training --------------------------------------------------------------------------------
 
 @dataclass
@@ -198,19 +217,28 @@ def train(cfg: recipe.TrainConfig, model: nn.Module, tok, output_dir: str | Path
     """Train `model` (from build_model(cfg)) on cfg.task's train split (or `train_records`) with
     transformers Trainer, on cfg.device with cfg.compute_dtype autocast (bf16/fp16 flags).
 
+    train_records: your own records (a list of dicts or a Dataset, e.g. data.load_files(...)["train"]);
+    required when cfg.task is None. They are checked first (data.check_records: the record, the
+    field) and only their id/instruction/input/output are used, so extra fields of any type are fine.
+    Every checkpoint gets the config it was trained with (adapters.CONFIG_FILE).
     resume=True continues from adapters.last_checkpoint(output_dir) (optimizer, scheduler, RNG
-    and data position restored) and starts fresh when there is none. KeyboardInterrupt propagates after
-    the checkpoints written so far are on disk.
+    and data position restored) and starts fresh when there is none; before anything runs,
+    adapters.resume_point refuses an output_dir that is a checkpoint itself, earlier checkpoints
+    that resume=False would overwrite, and a checkpoint that is damaged or from another config.
+    KeyboardInterrupt propagates after the checkpoints written so far are on disk.
     """
-    import datasets
-
+    start = adapters.resume_point(output_dir, cfg, resume)
     if train_records is None:
+        if cfg.task is None:
+            raise ValueError("cfg.task is None (your own data): pass train.train(cfg, model, tok, output_dir, "
+                             "train_records=splits['train']) with splits = data.load_files(train=...)")
         ds = data.load_split(cfg.task, "train")
     else:
-        ds = datasets.Dataset.from_list(list(train_records))
+        ds = train_records
     if cfg.train_examples:
-        ds = ds.select(range(min(cfg.train_examples, ds.num_rows)))
-    ds = data.tokenize(ds, tok, cfg.max_length)
+        ds = ds.select(range(min(cfg.train_examples, ds.num_rows))) if hasattr(ds, "select") \
+            else list(ds)[:cfg.train_examples]
+    ds = data.tokenize(ds, tok, cfg.max_length)  # checks every record; a list keeps only the required fields
     args = TrainingArguments(
         output_dir=str(output_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, warmup_steps=cfg.warmup_steps,
@@ -222,14 +250,13 @@ def train(cfg: recipe.TrainConfig, model: nn.Module, tok, output_dir: str | Path
     )
     timer = StepTimer()
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=data.Collator(tok.pad_token_id),
-                      callbacks=[timer, *callbacks])
+                      callbacks=[timer, _RecordConfig(cfg), *callbacks])
     # one progress bar with the loss on it instead of a printed dict per logged step
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     if not args.disable_tqdm:
         trainer.add_callback(_LossBar())
     model.train()
-    start = adapters.last_checkpoint(output_dir) if resume else None
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=start)
     wall = time.perf_counter() - t0
