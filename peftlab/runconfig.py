@@ -20,12 +20,17 @@ Public API:
     load(path) -> RunConfig            parse and check a config file (ValueError: one line)
     run(rc, *, resume=None, log=print) -> dict   train, save the adapter on rank 0, return a summary
     main(argv=None) -> int             `python -m peftlab.train` / `peftlab train`
+    torchrun(nproc, module, *args, timeout=1800, cwd=None) -> CompletedProcess
+                                       `torchrun --nproc_per_node N -m module args` on a free port
 """
 from __future__ import annotations
 
 import argparse
 import difflib
 import os
+import shutil
+import socket
+import subprocess
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -169,6 +174,27 @@ def run(rc: RunConfig, *, resume: bool | None = None, log: Callable[[str], None]
         if result.losses else f"done: step {result.global_step} (nothing left to train)")
     return {"world_size": state.num_processes, "backend": backend, "global_step": result.global_step,
             "losses": result.losses, "adapter": str(adapter)}
+
+
+def torchrun(nproc: int, module: str, *args: str, timeout: float = 1800,
+             cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m module args` as `nproc` local processes under torchrun (gloo on a CPU), on a
+    free port (the default 29500 may be taken), one thread per process (OMP_NUM_THREADS=1), with
+    this interpreter's torchrun and this checkout of peftlab first on the path. Output captured."""
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc must be a whole number ≥ 1, got {nproc!r}")
+    exe = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    if exe is None:
+        raise ValueError("torchrun not found next to this Python: it ships with torch; reinstall torch")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    cmd = [exe, "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", port,
+           "-m", module, *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ LAYERS = {
     "foundations": ["settings", "memory", "viz"],
     "from-scratch lessons": ["lowrank", "lora", "nf4", "dora"],
     "the real stack": ["models", "records", "data", "evaluate", "recipe", "train", "adapters", "vram",
-                       "vram.checks", "vram.spec", "vram.terms", "vram.sharding", "vram.measure", "runconfig",
+                       "vram.checks", "vram.spec", "vram.terms", "vram.sharding", "vram.measure", "runconfig", "fsdp",
                        "showdown", "ledger"],
     "apps": ["widgets", "rank_explorer", "block_explorer", "vram.planner", "vram.cli", "cli",
              "doctor", "exercises"],

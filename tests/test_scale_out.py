@@ -8,12 +8,10 @@ Tiny on purpose (2 steps, 1 sequence per rank, 4 records): it checks the wiring,
 """
 import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 
 import pytest
+
+from peftlab import runconfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,17 +28,7 @@ def tiny_config(tmp_path):
 
 
 def test_two_cpu_processes_train_and_save_a_loadable_adapter(embedded_ready, tiny_config, tmp_path):
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not installed next to this Python (it ships with torch)")
-    with socket.socket() as s:  # a free port: torchrun's default 29500 may be taken, and port 0 hangs
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
-    out = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                          "--master_port", port, "-m", "peftlab.train",
-                          "--config", str(tiny_config)], capture_output=True, text=True, env=env,
-                         timeout=600, cwd=tmp_path)
+    out = runconfig.torchrun(2, "peftlab.train", "--config", tiny_config, timeout=600, cwd=tmp_path)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
     assert "world size 2 (MULTI_CPU, backend gloo)" in log, log[-3000:]
@@ -59,3 +47,8 @@ def test_two_cpu_processes_train_and_save_a_loadable_adapter(embedded_ready, tin
     assert len(loaded) == len(saved) > 0
     b = next(v for k, v in saved.items() if "lora_B" in k)
     assert b.abs().max() > 0, "lora_B starts at zero: a trained adapter has moved it"
+
+
+def test_torchrun_helper_refuses_a_bad_count():
+    with pytest.raises(ValueError, match="nproc must be"):
+        runconfig.torchrun(0, "peftlab.train")
