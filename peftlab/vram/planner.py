@@ -17,6 +17,7 @@ from traitlets import Any, Bool, Enum, HasTraits, Int, Unicode, observe
 
 from .. import viz
 from ..widgets import BOLD, ModelView, ipw
+from .sharding import STRATEGIES, shard
 from .spec import DTYPES, GB, METHODS, OPTIMIZERS, PRESETS, GiB
 from .terms import estimate
 
@@ -31,10 +32,14 @@ class PlannerModel(HasTraits):
     grad_ckpt = Bool(False)
     optimizer = Enum(OPTIMIZERS, default_value="paged_adamw_8bit")
     dtype = Enum(tuple(DTYPES), default_value="bf16")
+    gpus = Int(1)                           # data-parallel GPUs; the figures are per GPU
+    strategy = Enum(STRATEGIES, default_value="ddp")  # ddp replicates, fsdp shards (vram.sharding)
+    cpu_offload = Bool(False)               # fsdp: sharded states in CPU RAM
     estimate = Any(None, allow_none=True)   # the last valid vram.Estimate
     message = Unicode("")                   # why the current settings cannot be estimated ("" = ok)
 
-    _inputs = ["model", "method", "rank", "targets", "seq_len", "batch", "grad_ckpt", "optimizer", "dtype"]
+    _inputs = ["model", "method", "rank", "targets", "seq_len", "batch", "grad_ckpt", "optimizer", "dtype",
+               "gpus", "strategy", "cpu_offload"]
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -49,6 +54,7 @@ class PlannerModel(HasTraits):
             est = estimate(self.model, method=self.method, rank=self.rank, targets=self.targets,
                            seq_len=self.seq_len, batch=self.batch, grad_ckpt=self.grad_ckpt,
                            optimizer=self.optimizer, dtype=self.dtype)
+            est = shard(est, self.gpus, self.strategy, self.cpu_offload)
         except ValueError as err:
             self.estimate, self.message = None, str(err)
             return
@@ -64,7 +70,8 @@ class PlannerModel(HasTraits):
         if self.estimate is None:
             return "Total: —"
         t = self.estimate.total
-        return f"Total: {t / GB:.2f} GB ({t / GiB:.2f} GiB)"
+        per = f" per GPU ({self.gpus} × {self.strategy.upper()})" if self.gpus > 1 or self.strategy != "ddp" else ""
+        return f"Total: {t / GB:.2f} GB ({t / GiB:.2f} GiB){per}"
 
     def fits(self) -> list[tuple[str, bool, float]]:
         """(gpu, fits, free GB after the peak, the allocator headroom and the CUDA context)."""
@@ -97,15 +104,21 @@ class VRAMPlanner(ModelView):
         self.grad_ckpt = ipw.Checkbox(description="gradient checkpointing")
         self.optimizer = ipw.Dropdown(options=OPTIMIZERS, description="optimizer")
         self.dtype = ipw.Dropdown(options=tuple(DTYPES), description="dtype")
+        self.n_gpus = ipw.BoundedIntText(min=1, max=1024, description="GPUs")
+        self.strategy = ipw.Dropdown(options=STRATEGIES, description="strategy")
+        self.cpu_offload = ipw.Checkbox(description="CPU offload (fsdp)")
         self.gpus = ipw.HTML()
-        for name in ("method", "rank", "targets", "seq_len", "batch", "grad_ckpt", "optimizer", "dtype"):
+        ipw.link((model, "gpus"), (self.n_gpus, "value"))
+        for name in ("method", "rank", "targets", "seq_len", "batch", "grad_ckpt", "optimizer", "dtype",
+                     "strategy", "cpu_offload"):
             ipw.link((model, name), (getattr(self, name), "value"))
         self.preset.observe(self._model_choice, names="value")
         self.config_path.observe(self._model_choice, names="value")
         controls = ipw.VBox([ipw.HBox([self.preset, self.config_path]),
                              ipw.HBox([self.method, self.dtype, self.optimizer]),
                              ipw.HBox([self.rank, self.targets]),
-                             ipw.HBox([self.seq_len, self.batch, self.grad_ckpt])])
+                             ipw.HBox([self.seq_len, self.batch, self.grad_ckpt]),
+                             ipw.HBox([self.n_gpus, self.strategy, self.cpu_offload])])
         super().__init__(model, [controls], watch=["estimate", "message"], css="peftlab-vram-planner",
                          extra=[self.gpus], message_in_readout=False)
         self.total = self.readout                    # the planner's readout is the total
