@@ -24,7 +24,7 @@ PKG = ROOT / "peftlab"
 LAYERS = {
     "foundations": ["settings", "memory", "viz"],
     "from-scratch lessons": ["lowrank", "lora", "nf4", "dora"],
-    "the real stack": ["models", "records", "data", "evaluate", "recipe", "train", "adapters", "vram",
+    "the real stack": ["cache", "models", "records", "data", "evaluate", "recipe", "train", "adapters", "vram",
                        "vram.checks", "vram.spec", "vram.terms", "vram.mixed", "vram.sharding", "vram.measure",
                        "runconfig", "fsdp", "showdown", "claims", "ledger"],
     "apps": ["widgets", "rank_explorer", "block_explorer", "vram.planner", "vram.cli", "cli",
