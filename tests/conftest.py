@@ -8,8 +8,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PEFTLAB_PROFILE", "smoke")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The notebooks' exercise checkers check the solutions in notebooks/solutions/ instead of the cells'
-# stubs (nbval's kernels inherit this); `PEFTLAB_SOLUTIONS=0 pytest ... notebooks` runs them as a
-# learner who solved nothing. tests/test_exercises.py turns it off for its own checks.
+# stubs. nbval's kernels inherit this whenever tests/ is collected too (`make test`: tests notebooks);
+# a notebook run on its own (`pytest --nbval-lax notebooks/02_….ipynb`, or PEFTLAB_SOLUTIONS=0) runs
+# as a learner who solved nothing. tests/test_exercises.py turns it off for its own checks.
 os.environ.setdefault("PEFTLAB_SOLUTIONS", "1")
 
 import pytest  # noqa: E402
