@@ -11,15 +11,7 @@ import pytest
 
 from peftlab import data
 
-TOK = None
-
-
-def tok():
-    global TOK
-    if TOK is None:
-        from peftlab import models
-        TOK = models.load_tokenizer()
-    return TOK
+from test_data import tok  # noqa: E402  (the one cached embedded tokenizer of the data tests)
 
 
 def rec(**kw) -> dict:
