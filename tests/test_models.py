@@ -187,7 +187,7 @@ def test_corrupted_cache_file(tmp_path, monkeypatch, embedded_ready):
     bad = models.embedded_path()
     shutil.copytree(embedded_ready, bad, ignore=shutil.ignore_patterns("model.safetensors"))
     (bad / "model.safetensors").write_bytes((embedded_ready / "model.safetensors").read_bytes()[:4096])
-    with pytest.raises(models.ModelError, match=r"corrupted.*peftlab prepare --force"):
+    with pytest.raises(models.ModelError, match=r"(damaged|corrupted).*peftlab prepare --force"):
         models.load_model()
 
 
