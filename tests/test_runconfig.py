@@ -32,10 +32,10 @@ def test_examples_load_and_map_onto_the_recipe():
 
 def test_short_names_and_target_lists(tmp_path):
     rc = runconfig.load(_write(tmp_path, 'profile = "cpu"\nsteps = 7\nbatch = 3\nrank = 4\n'
-                                         'targets = ["q_proj", "v_proj"]\nlr = 1\nresume = true\n'))
+                                         'targets = ["q_proj", "v_proj"]\ndropout = 0\nlr = 5e-4\nresume = true\n'))
     cfg = rc.train
-    assert (cfg.max_steps, cfg.batch_size, cfg.r, cfg.target_modules, cfg.lr) == (7, 3, 4, ("q_proj", "v_proj"), 1.0)
-    assert isinstance(cfg.lr, float) and rc.resume
+    assert (cfg.max_steps, cfg.batch_size, cfg.r, cfg.target_modules, cfg.lr) == (7, 3, 4, ("q_proj", "v_proj"), 5e-4)
+    assert cfg.dropout == 0.0 and isinstance(cfg.dropout, float) and rc.resume   # a TOML integer where a float is wanted
     assert runconfig.load(_write(tmp_path, 'targets = "q_proj, v_proj"\n')).train.target_modules == ("q_proj", "v_proj")
     assert runconfig.load(_write(tmp_path, 'targets = "attention"\n')).train.target_modules == recipe.ATTENTION
 
