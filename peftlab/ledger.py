@@ -11,7 +11,10 @@ results). No verdict is typed here: `claims.verdict` is the only place that writ
 Public API (notebooks, scripts/render_ledger.py and the README check call these):
     record(claim, numbers, notebook, source=None, directory=None) -> str;  claims_dir(profile) -> Path
     load(directory) -> {id: file};  table(directory) -> list[dict];  markdown_table(rows, columns) -> str
-    readme_block(directory) -> str;  sync_readme(readme, directory, check=False) -> bool
+    readme_block(directory, lang="en") -> str;  sync_readme(readme, directory, check=False, lang=None) -> bool
+    originals(doc=None) -> {id: the seed's original Korean sentence} (read from docs/claims.md, their one home)
+The Korean README (README.ko.md) gets the same table with the seed's original sentence beside each verdict;
+verdicts and deciding numbers stay in English there (they are the words and text the rules compute).
     star_cells(rows), gpu_need_cells(need_gb), showdown_numbers(rows, need_gb) (notebook 06)
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import math
 import os
 import platform
+import re
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -29,9 +33,12 @@ from . import settings
 from .claims import CLAIMS, RULES, STARS, verdict
 
 __all__ = ["CLAIMS", "RULES", "STARS", "verdict", "record", "claims_dir", "load", "table", "markdown_table",
-           "readme_block", "sync_readme", "star_cells", "gpu_need_cells", "showdown_numbers", "NOT_MEASURED"]
+           "readme_block", "sync_readme", "originals", "READMES", "star_cells", "gpu_need_cells", "showdown_numbers", "NOT_MEASURED"]
 
-RESULTS = Path(__file__).resolve().parent.parent / "results" / "claims"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results" / "claims"
+CLAIMS_DOC = ROOT / "docs" / "claims.md"            # the seed's original Korean sentences live here only
+READMES = (ROOT / "README.md", ROOT / "README.ko.md")   # the READMEs that carry the ledger table
 BEGIN, END = "<!-- ledger:begin (generated: python scripts/render_ledger.py) -->", "<!-- ledger:end -->"
 NOT_MEASURED = "not measured in this profile yet"
 _LIBS = ("torch", "transformers", "peft", "bitsandbytes")
@@ -126,25 +133,55 @@ def markdown_table(rows: list[dict], columns: dict[str, str]) -> str:
                           for r in rows)
 
 
-def readme_block(directory: str | Path | None = None) -> str:
-    """The README's ledger table, generated from the results files of `directory` (default: cpu)."""
+def originals(doc: str | Path | None = None) -> dict[str, str]:
+    """{claim id: the seed's original Korean sentence}, read from the tables of docs/claims.md (column 2,
+    "the seed, in Korean (verbatim)"), the one place the kit keeps them; `\\|` in a cell reads as `|`."""
+    path = Path(doc) if doc is not None else CLAIMS_DOC
+    if not path.is_file():
+        raise ValueError(f"{path} not found: the Korean ledger reads the seed's sentences from docs/claims.md")
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) >= 2 and cells[0] in CLAIMS:
+            out[cells[0]] = cells[1]
+    missing = [cid for cid in CLAIMS if not out.get(cid)]
+    if missing:
+        raise ValueError(f"{path} gives no Korean original for {', '.join(missing)}: add a table row "
+                         "'| <id> | <the seed's sentence, verbatim> | <English> | <checked in> |'")
+    return out
+
+
+_COLUMNS = {"en": dict(id="id", claim="claim", verdict="verdict", number="deciding numbers", notebook="notebook"),
+            "ko": dict(id="id", original="주장 (시드 원문)", verdict="판정", number="판정 근거 수치", notebook="노트북")}
+
+
+def readme_block(directory: str | Path | None = None, lang: str = "en") -> str:
+    """The README's ledger table, generated from the results files of `directory` (default: cpu);
+    lang="ko" puts the seed's original Korean sentence (`originals`) in place of the English summary."""
+    if lang not in _COLUMNS:
+        raise ValueError(f"unknown README language {lang!r}: use one of {', '.join(_COLUMNS)}")
     rows = table(directory if directory is not None else RESULTS)
-    return markdown_table(rows, dict(id="id", claim="claim", verdict="verdict", number="deciding numbers",
-                                     notebook="notebook"))
+    if lang == "ko":
+        ko = originals()
+        rows = [{**r, "original": ko[r["id"]]} for r in rows]
+    return markdown_table(rows, _COLUMNS[lang])
 
 
-def sync_readme(readme: str | Path, directory: str | Path | None = None, check: bool = False) -> bool:
+def sync_readme(readme: str | Path, directory: str | Path | None = None, check: bool = False,
+                lang: str | None = None) -> bool:
     """Put `readme_block` between the ledger markers of `readme`; with check=True only compare.
+    The language defaults to the file name's (README.ko.md → "ko", otherwise "en").
     Returns True when the README already agreed with the files."""
     path = Path(readme)
-    text = path.read_text()
+    lang = lang or ("ko" if path.name.endswith(".ko.md") else "en")
+    text = path.read_text(encoding="utf-8")
     if BEGIN not in text or END not in text:
         raise ValueError(f"{path} has no ledger markers: add the lines {BEGIN!r} and {END!r}")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    new = f"{head}{BEGIN}\n{readme_block(directory)}{END}{tail}"
+    new = f"{head}{BEGIN}\n{readme_block(directory, lang)}{END}{tail}"
     if new != text and not check:
-        path.write_text(new)
+        path.write_text(new, encoding="utf-8")
     return new == text
 
 

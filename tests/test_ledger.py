@@ -122,14 +122,15 @@ def test_committed_results_are_complete_and_well_formed():
     assert len(measured) >= 16, [r["id"] for r in ledger.table(ledger.RESULTS) if r not in measured]
 
 
-def test_readme_table_matches_the_results_files(tmp_path):
-    assert ledger.sync_readme(ROOT / "README.md", ledger.RESULTS, check=True), \
-        "README's ledger differs from results/claims: run python scripts/render_ledger.py"
+@pytest.mark.parametrize("name", ["README.md", "README.ko.md"])
+def test_readme_table_matches_the_results_files(tmp_path, name):
+    assert ledger.sync_readme(ROOT / name, ledger.RESULTS, check=True), \
+        f"{name}'s ledger differs from results/claims: run python scripts/render_ledger.py"
     # a changed results file must make the check fail
     res = tmp_path / "claims"
     shutil.copytree(ledger.RESULTS, res)
-    readme = tmp_path / "README.md"
-    shutil.copy(ROOT / "README.md", readme)
+    readme = tmp_path / name
+    shutil.copy(ROOT / name, readme)
     assert ledger.sync_readme(readme, res, check=True)
     doc = json.loads((res / "C11.json").read_text())
     doc["numbers"]["qlora13b_gb"] += 1.0
@@ -138,6 +139,49 @@ def test_readme_table_matches_the_results_files(tmp_path):
     ledger.sync_readme(readme, res)                       # regenerating brings them back together
     assert ledger.sync_readme(readme, res, check=True)
 
+
+
+# --- the Korean README (README.ko.md): the seed's original sentence beside each verdict ---------------
+
+def test_render_script_checks_both_readmes(capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("render_ledger", ROOT / "scripts" / "render_ledger.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert [p.name for p in ledger.READMES] == ["README.md", "README.ko.md"]
+    assert script.main(["--check"]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "README.md: ledger table up to date" in out and "README.ko.md: ledger table up to date" in out
+
+
+def test_every_claim_has_its_korean_original():
+    ko = ledger.originals()
+    assert list(ko) == list(claims.CLAIMS)
+    for cid, sentence in ko.items():
+        assert sentence.strip() and re.search("[가-힣]", sentence), f"{cid}: no Korean original"
+
+
+def test_korean_originals_are_the_ones_docs_claims_shows():
+    doc = (ROOT / "docs" / "claims.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.ko.md").read_text(encoding="utf-8")
+    table = readme.split(ledger.BEGIN, 1)[1].split(ledger.END, 1)[0]
+    assert "| id | 주장 (시드 원문) | 판정 |" in table
+    for cid, sentence in ledger.originals().items():
+        cell = sentence.replace("|", "\\|")                  # as a Markdown table cell writes it
+        assert f"\n| {cid} | {cell} | " in doc, f"{cid}: differs from docs/claims.md"
+        assert f"\n| {cid} | {cell} | " in table, f"{cid}: README.ko.md's row lacks the seed's sentence"
+    for verdict_word in {r["verdict"] for r in ledger.table(ledger.RESULTS)}:     # verdicts stay English
+        assert f" | {verdict_word} | " in table
+
+
+def test_originals_name_a_missing_claim(tmp_path):
+    doc = tmp_path / "claims.md"
+    doc.write_text((ROOT / "docs" / "claims.md").read_text(encoding="utf-8").replace("| C7 |", "| Cx |"),
+                   encoding="utf-8")
+    with pytest.raises(ValueError, match="no Korean original for C7"):
+        ledger.originals(doc)
+    with pytest.raises(ValueError, match="unknown README language 'fr'"):
+        ledger.readme_block(lang="fr")
 
 # --- no typed verdicts ----------------------------------------------------------------------------
 
