@@ -22,7 +22,7 @@ from pathlib import Path
 
 import nbformat
 from babel.messages.catalog import Catalog
-from babel.messages.pofile import read_po, write_po
+from babel.messages.pofile import denormalize, normalize, read_po, write_po
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "notebooks"
@@ -32,33 +32,54 @@ LOCALE = "ko"
 FIXED_DATE = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)  # constant: no churn in git
 
 
-def notebooks() -> list[Path]:
+# Every function takes the folders it works on (source notebooks, catalogs, generated notebooks) as
+# keyword arguments defaulting to the repository's, so tests/test_korean.py can run the whole cycle
+# (edit English -> stale -> update -> fuzzy -> translate -> clean) on a temporary copy.
+
+def notebooks(source: Path = SOURCE) -> list[Path]:
     """The English source notebooks, in order."""
-    return sorted(SOURCE.glob("[0-9][0-9]_*.ipynb"))
+    return sorted(source.glob("[0-9][0-9]_*.ipynb"))
 
 
-def catalog_path(nb_path: Path) -> Path:
-    return CATALOGS / f"{nb_path.stem}.po"
+def catalog_path(nb_path: Path, catalogs: Path = CATALOGS) -> Path:
+    return catalogs / f"{nb_path.stem}.po"
+
+
+def _shown(path: Path) -> Path:
+    """A path as messages show it: relative to the repository when inside it."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+# The previous English of a fuzzy entry is stored as gettext's `#| msgid` lines. Babel 2.x writes
+# them as one re-wrapped paragraph (a multi-line msgid comes out mangled) and reads them back as
+# plain translator comments, so this module writes and reads those lines itself.
+PREVIOUS = "| "
 
 
 def read_catalog(path: Path) -> Catalog | None:
     if not path.is_file():
         return None
     with path.open("rb") as f:
-        return read_po(f, locale=LOCALE)
+        cat = read_po(f, locale=LOCALE)
+    for m in cat:
+        lines = [c[len(PREVIOUS):] for c in m.user_comments if c.startswith(PREVIOUS)]
+        if lines and lines[0].startswith("msgid "):
+            m.previous_id = [denormalize("\n".join([lines[0][len("msgid "):], *lines[1:]]))]
+        m.user_comments = [c for c in m.user_comments if not c.startswith(PREVIOUS)]
+    return cat
 
 
 def _markdown(nb) -> list:
     return [c for c in nb.cells if c.cell_type == "markdown"]
 
 
-def updated_catalog(nb_path: Path) -> Catalog:
+def updated_catalog(nb_path: Path, catalogs: Path = CATALOGS) -> Catalog:
     """The catalog for one notebook: one entry per markdown cell, old translations kept.
 
     An entry whose English text changed keeps its Korean as a fuzzy suggestion; entries for cells
-    that no longer exist are dropped (git history keeps them)."""
+    that no longer exist are dropped (git history keeps them). Translator comments (`# ...`) are kept."""
     nb = nbformat.read(nb_path, as_version=4)
-    old = read_catalog(catalog_path(nb_path))
+    old = read_catalog(catalog_path(nb_path, catalogs))
     by_id = {m.context: m for m in old if m.id and m.context} if old is not None else {}
     cat = Catalog(locale=LOCALE, domain=nb_path.stem, project="PEFT Lab", fuzzy=False,
                   header_comment=f"# Korean translation of notebooks/{nb_path.name} (one entry per markdown cell).\n"
@@ -68,31 +89,46 @@ def updated_catalog(nb_path: Path) -> Catalog:
     for cell in _markdown(nb):
         prev = by_id.get(cell.id)
         string, flags, previous = "", (), ()
+        comments = prev.user_comments if prev is not None else ()
         if prev is not None and prev.string:
             string = prev.string
             if prev.id != cell.source:                       # English changed: suggestion only
                 flags, previous = ("fuzzy",), prev.id if "fuzzy" not in prev.flags else prev.previous_id
             elif "fuzzy" in prev.flags:
                 flags, previous = ("fuzzy",), prev.previous_id
-        cat.add(cell.source, string, context=cell.id, flags=flags, previous_id=previous)
+        cat.add(cell.source, string, context=cell.id, flags=flags, previous_id=previous, user_comments=comments)
     return cat
 
 
 def write_catalog(cat: Catalog, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    write_po(buf, cat, width=0, include_previous=True, include_lineno=False)
-    path.write_bytes(buf.getvalue())
+    write_po(buf, cat, width=0, include_previous=False, include_lineno=False)
+    text = buf.getvalue().decode(cat.charset)
+    for m in cat:
+        if m.id and m.context and m.previous_id and "fuzzy" in m.flags:
+            first, *rest = normalize(m.previous_id[0], width=0).splitlines()
+            previous = "".join([f"#{PREVIOUS}msgid {first}\n", *(f"#{PREVIOUS}{line}\n" for line in rest)])
+            anchor = f"\nmsgctxt {normalize(m.context, width=0)}\n"
+            text = text.replace(anchor, "\n" + previous + anchor[1:], 1)
+    path.write_bytes(text.encode(cat.charset))
 
 
-def problems(nb_path: Path) -> list[str]:
-    """Why this notebook's catalog cannot build: missing entries, untranslated, fuzzy (stale)."""
+def problems(nb_path: Path, catalogs: Path = CATALOGS) -> list[str]:
+    """Why this notebook's catalog cannot build: missing entries, untranslated, fuzzy (stale), and
+    entries for cells the English notebook no longer has. Each message starts with the catalog's
+    path (named after the notebook) and names the cell id."""
     nb = nbformat.read(nb_path, as_version=4)
-    cat = read_catalog(catalog_path(nb_path))
-    rel = catalog_path(nb_path).relative_to(ROOT)
+    cat = read_catalog(catalog_path(nb_path, catalogs))
+    rel = _shown(catalog_path(nb_path, catalogs))
     if cat is None:
         return [f"{rel}: no catalog (run `python scripts/translate.py update`)"]
     out = []
+    ids = {cell.id for cell in _markdown(nb)}
+    for m in cat:
+        if m.id and m.context not in ids:
+            out.append(f"{rel}: entry {m.context} has no markdown cell in notebooks/{nb_path.name} "
+                       "(run `update`: it drops the entry)")
     for cell in _markdown(nb):
         msg = cat.get(cell.source, context=cell.id)
         if msg is None:
@@ -106,13 +142,13 @@ def problems(nb_path: Path) -> list[str]:
     return out
 
 
-def korean_notebook(nb_path: Path) -> str:
+def korean_notebook(nb_path: Path, catalogs: Path = CATALOGS) -> str:
     """The Korean notebook as the text `build` writes: English code, catalog markdown."""
-    bad = problems(nb_path)
+    bad = problems(nb_path, catalogs)
     if bad:
         raise ValueError("; ".join(bad))
     nb = nbformat.read(nb_path, as_version=4)
-    cat = read_catalog(catalog_path(nb_path))
+    cat = read_catalog(catalog_path(nb_path, catalogs))
     ko = copy.deepcopy(nb)
     for cell in _markdown(ko):
         cell.source = cat.get(cell.source, context=cell.id).string
@@ -121,33 +157,38 @@ def korean_notebook(nb_path: Path) -> str:
     return nbformat.writes(ko) + "\n"
 
 
-def update() -> None:
-    for nb_path in notebooks():
-        write_catalog(updated_catalog(nb_path), catalog_path(nb_path))
-        print("updated", catalog_path(nb_path).relative_to(ROOT))
+def update(source: Path = SOURCE, catalogs: Path = CATALOGS) -> None:
+    for nb_path in notebooks(source):
+        write_catalog(updated_catalog(nb_path, catalogs), catalog_path(nb_path, catalogs))
+        print("updated", _shown(catalog_path(nb_path, catalogs)))
 
 
-def build() -> int:
-    bad = [p for nb_path in notebooks() for p in problems(nb_path)]
+def build(source: Path = SOURCE, catalogs: Path = CATALOGS, target: Path = TARGET) -> int:
+    bad = [p for nb_path in notebooks(source) for p in problems(nb_path, catalogs)]
     if bad:
         print("\n".join(bad), file=sys.stderr)
         print("fix the catalogs above, then build again", file=sys.stderr)
         return 1
-    TARGET.mkdir(exist_ok=True)
-    for nb_path in notebooks():
-        (TARGET / nb_path.name).write_text(korean_notebook(nb_path), encoding="utf-8")
-        print("wrote", (TARGET / nb_path.name).relative_to(ROOT))
+    target.mkdir(parents=True, exist_ok=True)
+    for nb_path in notebooks(source):
+        (target / nb_path.name).write_text(korean_notebook(nb_path, catalogs), encoding="utf-8")
+        print("wrote", _shown(target / nb_path.name))
     return 0
 
 
-def check() -> int:
+def check(source: Path = SOURCE, catalogs: Path = CATALOGS, target: Path = TARGET) -> int:
     bad = []
-    for nb_path in notebooks():
-        found = problems(nb_path)
+    english = notebooks(source)
+    for nb_path in english:
+        found = problems(nb_path, catalogs)
         bad += found
-        out = TARGET / nb_path.name
-        if not found and (not out.is_file() or out.read_text(encoding="utf-8") != korean_notebook(nb_path)):
-            bad.append(f"{out.relative_to(ROOT)} is not what the catalog builds (run `python scripts/translate.py build`)")
+        out = target / nb_path.name
+        if not found and (not out.is_file() or out.read_text(encoding="utf-8") != korean_notebook(nb_path, catalogs)):
+            bad.append(f"{_shown(out)} is not what the catalog builds (run `python scripts/translate.py build`)")
+    names = {nb_path.name for nb_path in english}
+    for out in sorted(target.glob("*.ipynb")):
+        if out.name not in names:
+            bad.append(f"{_shown(out)} has no English notebook in {_shown(source)} (delete it)")
     print("\n".join(bad) if bad else "Korean edition up to date", file=sys.stderr if bad else sys.stdout)
     return 1 if bad else 0
 
