@@ -72,14 +72,21 @@ def cuda_compute_dtype(capability: tuple[int, int] | None = None) -> str:
     return "bf16" if tuple(cap) >= (8, 0) else "fp16"
 
 
-def _cpu_compute_dtype() -> str:
-    # bf16 is ~1.6x faster than fp32 on CPUs with AVX512-BF16/AMX (measured on this kit's
-    # CI machine, docs/findings.md); elsewhere bf16 matmuls are emulated and slow.
+def cpu_native_bf16() -> bool:
+    """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX flags in /proc/cpuinfo).
+
+    Elsewhere torch emulates bf16 matmuls: ~100x slower than fp32 on an AVX2-only CPU (notebook 04)."""
     try:
         flags = open("/proc/cpuinfo").read()
     except OSError:
-        return "fp32"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _cpu_compute_dtype() -> str:
+    # bf16 is ~1.6x faster than fp32 on CPUs with AVX512-BF16/AMX (measured on this kit's
+    # CI machine, docs/findings.md); elsewhere bf16 matmuls are emulated and slow.
+    return "bf16" if cpu_native_bf16() else "fp32"
 
 
 def default_model() -> str:

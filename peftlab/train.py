@@ -134,6 +134,24 @@ def step_time(model: nn.Module, batch: dict, *, dtype: torch.dtype = torch.float
     return statistics.median(times[1:])
 
 
+def matmul_time(dtype: torch.dtype, *, n: int = 512, repeats: int = 3, device: str = "cpu") -> float:
+    """Median seconds of one n×n @ n×n matmul in `dtype` (one warm-up not counted).
+
+    The cheap way to ask "does this hardware compute in this dtype natively?": without native bf16
+    a CPU emulates it, and a whole bf16 training step there takes minutes (notebook 04 §5)."""
+    if repeats < 1 or n < 1:
+        raise ValueError("n and repeats must be ≥ 1")
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
 # --- callbacks -------------------------------------------------------------------------------
 
 class StepTimer(TrainerCallback):

@@ -90,3 +90,9 @@ def test_model_follows_the_config_not_the_session(embedded_ready, monkeypatch):
     model, _ = train.build_model(cfg)
     base = model.get_base_model().model.layers[0].self_attn.k_proj.weight
     assert base.dtype == torch.bfloat16 and base.device.type == "cpu"
+
+
+def test_matmul_time_is_positive_and_checks_its_arguments():
+    assert train.matmul_time(torch.float32, n=64, repeats=1) > 0
+    with pytest.raises(ValueError, match="≥ 1"):
+        train.matmul_time(torch.float32, n=0)
