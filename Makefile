@@ -41,8 +41,12 @@ browser:
 lab: setup
 	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) $(ROOTFLAG) --ServerApp.root_dir=notebooks
 
+# Two pytest workers (pytest-xdist), one torch thread each: the suite spends much of its time waiting
+# (kernels and subprocesses starting, the browser, pip in the Colab test), which the other worker fills.
+# --dist loadfile keeps each file, so each notebook, on one worker, in order. TEST_JOBS=0 runs serially.
+TEST_JOBS ?= 2
 test: setup browser
-	PEFTLAB_PROFILE=smoke $(VENV)/bin/pytest --nbval-lax --nbval-current-env --durations=15 tests notebooks
+	PEFTLAB_PROFILE=smoke OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n $(TEST_JOBS) --dist loadfile --nbval-lax --nbval-current-env --durations=15 tests notebooks
 
 # --- Version tolerance: the same suite at both ends of the ranges declared in pyproject.toml ------
 # Colab and GPU labs ignore constraints.txt: they keep preinstalled packages that satisfy our ranges
@@ -79,7 +83,7 @@ $(addsuffix /.peftlab-installed,$(VERSION_ENVS)): %/.peftlab-installed: pyprojec
 test-oldest test-latest: test-%: .venv-%/.peftlab-installed browser
 	@PEFTLAB_CACHE=$(CURDIR)/.venv-$*/peftlab-cache .venv-$*/bin/peftlab prepare
 	@echo "resolved in .venv-$*:"; grep -i -E "^(torch|transformers|peft|bitsandbytes|accelerate|datasets|gguf|safetensors|numpy|plotly|ipywidgets|tqdm|jupyterlab|pytest|nbval|nbclient|ipykernel|playwright)==" .venv-$*/resolved.txt | tr '\n' ' '; echo
-	PEFTLAB_CACHE=$(CURDIR)/.venv-$*/peftlab-cache PEFTLAB_PROFILE=smoke .venv-$*/bin/pytest --nbval-lax --nbval-current-env --durations=15 tests notebooks
+	PEFTLAB_CACHE=$(CURDIR)/.venv-$*/peftlab-cache PEFTLAB_PROFILE=smoke OMP_NUM_THREADS=1 .venv-$*/bin/pytest -n $(TEST_JOBS) --dist loadfile --nbval-lax --nbval-current-env --durations=15 tests notebooks
 
 doctor: setup
 	@$(VENV)/bin/peftlab doctor
