@@ -36,7 +36,7 @@ def cpu_info() -> dict:
                 avx512_bf16="avx512_bf16" in flags, amx="amx_bf16" in flags)
 
 
-def run_notebook(path: Path, profile: str, timeout: int) -> dict:
+def run_notebook(path: Path, profile: str, timeout: int, keep: Path | None = None) -> dict:
     nb = nbformat.read(path, as_version=4)
     cells: list[dict] = []
     started: dict[int, float] = {}
@@ -64,6 +64,9 @@ def run_notebook(path: Path, profile: str, timeout: int) -> dict:
     finally:
         os.environ.clear()
         os.environ.update(old)
+        if keep is not None:          # the executed notebook, outputs and all, to read what it printed
+            keep.mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, keep / path.name)
     return dict(notebook=path.name, wall_s=time.perf_counter() - t0, error=error, cells=cells)
 
 
@@ -73,6 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--top", type=int, default=5, help="slowest cells to list per notebook")
     ap.add_argument("--timeout", type=int, default=1800, help="per cell, seconds")
+    ap.add_argument("--keep", default=None, help="folder to save the executed notebooks in (with outputs)")
     ap.add_argument("--out", default=None, help="results file (default results/notebook_times_<profile>.json)")
     a = ap.parse_args(argv)
     paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -88,7 +92,7 @@ def main(argv=None) -> int:
     out = dict(profile=a.profile, cpu=info, load_avg_start=load0, started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                notebooks=[])
     for path in paths:
-        r = run_notebook(path, a.profile, a.timeout)
+        r = run_notebook(path, a.profile, a.timeout, Path(a.keep) if a.keep else None)
         out["notebooks"].append(r)
         print(f"{r['notebook']:28s} {r['wall_s'] / 60:5.1f} min{'  FAILED ' + r['error'] if r['error'] else ''}")
         for c in sorted(r["cells"], key=lambda c: -c["s"])[:a.top]:
