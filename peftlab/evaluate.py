@@ -174,6 +174,11 @@ def generate(model: nn.Module, tok, records: Sequence[dict], *, task: str | Sequ
     return out
 
 
+def answer_room(tok, records) -> int:
+    """Generation budget that fits every reference answer: the longest one's tokens + 8."""
+    return max(len(tok(r["output"], add_special_tokens=False)["input_ids"]) for r in records) + 8
+
+
 def evaluate(model: nn.Module, tok, records, task: str | None, *, batch_size: int = 32,
              max_new_tokens: int | None = None) -> EvalResult:
     """Exact match and per-field scores of greedy answers on `records` (a Dataset or list of dicts).
@@ -188,9 +193,8 @@ def evaluate(model: nn.Module, tok, records, task: str | None, *, batch_size: in
     records = data.check_records(records, source="evaluate records")
     known = task if task in ANSWER_ENDS else None  # a learner's own task: exact match only
     refs = [r["output"] for r in records]
-    longest = max(len(tok(x, add_special_tokens=False)["input_ids"]) for x in refs)
     preds = generate(model, tok, records, task=known, batch_size=batch_size,
-                     max_new_tokens=max_new_tokens or longest + 8)
+                     max_new_tokens=max_new_tokens or answer_room(tok, records))
     hits: dict[str, int] = {}
     for p, ref in zip(preds, refs) if known else ():
         want, got = data.parse_fields(known, ref) or {}, data.parse_fields(known, p) or {}
