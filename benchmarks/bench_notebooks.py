@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_notebooks.py                 # every notebook, cpu profile
     .venv/bin/python benchmarks/bench_notebooks.py 04 06 --top 8   # some notebooks; the 8 slowest cells each
+    .venv/bin/python benchmarks/bench_notebooks.py 04 --as-avx2    # on an AVX-512 machine: as if AVX2-only
 
 Each notebook runs in its own new kernel (nbclient, the executor nbval and nbconvert use) with the
 chosen profile, exercises unsolved (PEFTLAB_SOLUTIONS=0: the stubs' messages print, the lesson goes
@@ -10,6 +11,12 @@ names the CPU (model, cores, AVX-512 / AVX512-BF16 / AMX flags) and the load ave
 (timings from a busy machine are not comparable), and writes everything to
 results/notebook_times_<profile>.json. Workshop targets (issue #15): each notebook ≤ 8 min on 2 cores,
 00–06 together ≤ 40 min.
+
+--as-avx2 (root, Linux) times an AVX2-only laptop on an AVX-512 machine: it re-runs itself in a private
+mount namespace where /proc/cpuinfo has no AVX-512/AMX flags (what peftlab.settings reads to pick
+fp32), with torch, oneDNN and MKL held to AVX2 and bitsandbytes' CPU library told the same
+(benchmarks/avx2_only/sitecustomize.py). The core stays the newer one, so these times are a lower
+bound for an older AVX2-only CPU. Results go to results/notebook_times_<profile>_avx2.json.
 """
 from __future__ import annotations
 
@@ -17,7 +24,11 @@ import argparse
 import json
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +44,32 @@ def cpu_info() -> dict:
                  platform.processor() or "unknown")
     flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
     return dict(model=model, cores=os.cpu_count(), avx2="avx2" in flags, avx512f="avx512f" in flags,
-                avx512_bf16="avx512_bf16" in flags, amx="amx_bf16" in flags)
+                avx512_bf16="avx512_bf16" in flags, amx="amx_bf16" in flags,
+                avx2_emulation=os.environ.get("PEFTLAB_AVX2_EMULATION_STATE"))
+
+
+AVX2_ENV = dict(PEFTLAB_AVX2_EMULATION="1", ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2",
+                DNNL_MAX_CPU_ISA="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2")
+
+
+def run_as_avx2(argv: list[str]) -> int:
+    """Run this script again, AVX-512 hidden from everything that would use it (see the docstring)."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not Path("/proc/cpuinfo").is_file():
+        raise SystemExit("--as-avx2 needs Linux, root and `unshare` (util-linux): it bind-mounts a /proc/cpuinfo "
+                         "without AVX-512 flags in a private mount namespace. Run without it to time this CPU as it is.")
+    text = Path("/proc/cpuinfo").read_text()
+    if "avx512f" not in text:
+        print("this CPU has no AVX-512 already: timing it as it is")
+    fake = Path(tempfile.mkdtemp(prefix="peftlab-avx2-")) / "cpuinfo"
+    fake.write_text(re.sub(r" (avx512\w*|amx\w*)", "", text))
+    shim = str(ROOT / "benchmarks" / "avx2_only")
+    env = dict(os.environ, **AVX2_ENV, PYTHONPATH=os.pathsep.join(p for p in (shim, os.environ.get("PYTHONPATH")) if p))
+    script = 'mount --bind "$0" /proc/cpuinfo && exec "$@"'
+    try:
+        return subprocess.run(["unshare", "-m", "sh", "-c", script, str(fake), sys.executable, __file__, *argv],
+                              env=env).returncode
+    finally:
+        shutil.rmtree(fake.parent, ignore_errors=True)
 
 
 def run_notebook(path: Path, profile: str, timeout: int, keep: Path | None = None) -> dict:
@@ -78,7 +114,11 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, default=1800, help="per cell, seconds")
     ap.add_argument("--keep", default=None, help="folder to save the executed notebooks in (with outputs)")
     ap.add_argument("--out", default=None, help="results file (default results/notebook_times_<profile>.json)")
+    ap.add_argument("--as-avx2", action="store_true", help="time as an AVX2-only CPU (on an AVX-512 machine; root)")
     a = ap.parse_args(argv)
+    emulated = os.environ.get("PEFTLAB_AVX2_EMULATION") == "1"
+    if a.as_avx2 and not emulated:
+        return run_as_avx2(sys.argv[1:] if argv is None else list(argv))
     paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if a.which:
         paths = [p for p in paths if p.name[:2] in a.which]
@@ -86,7 +126,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"no notebook matches {a.which}: give two-digit numbers such as 04 06")
     info = cpu_info()
     print(f"CPU: {info['model']} · {info['cores']} cores · AVX2 {info['avx2']} · AVX-512 {info['avx512f']} · "
-          f"AVX512-BF16 {info['avx512_bf16']} · AMX {info['amx']}")
+          f"AVX512-BF16 {info['avx512_bf16']} · AMX {info['amx']}"
+          + (f" · AVX2 EMULATION: {info['avx2_emulation']}, torch {AVX2_ENV['ATEN_CPU_CAPABILITY']}" if emulated else ""))
     load0 = os.getloadavg()[0]
     print(f"profile {a.profile} · load average {load0:.2f} at start (above ~0.5 means something else is running)")
     out = dict(profile=a.profile, cpu=info, load_avg_start=load0, started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -101,7 +142,7 @@ def main(argv=None) -> int:
     out["load_avg_end"] = os.getloadavg()[0]
     total = sum(r["wall_s"] for r in out["notebooks"] if r["notebook"][:2] <= "06")
     print(f"00-06 together: {total / 60:.1f} min · load average at the end {out['load_avg_end']:.2f}")
-    dest = Path(a.out) if a.out else ROOT / "results" / f"notebook_times_{a.profile}.json"
+    dest = Path(a.out) if a.out else ROOT / "results" / f"notebook_times_{a.profile}{'_avx2' if emulated else ''}.json"
     dest.write_text(json.dumps(out, indent=1) + "\n")
     print("wrote", dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest)
     return 1 if any(r["error"] for r in out["notebooks"]) else 0
