@@ -13,7 +13,11 @@ Public API (notebook 04 and the showdown call these):
     checkpoint_problem(path) -> str | None            a file of the checkpoint that cannot load
     record_config(checkpoint, cfg);  config_differences(checkpoint, cfg) -> list[str]
     resume_point(output_dir, cfg, resume) -> str | None   the checks before train.train starts
+    dequantized_base(cfg, dtype=fp32) -> nn.Module  dense copy of the 4-bit base: W = dequant_NF4(W_4bit)
     merge_4bit(adapter_dir, cfg, dtype=fp32) -> nn.Module   dequantize the 4-bit base, then merge
+
+On a CPU the dense copy also evaluates faster: a 4-bit layer decodes its weights again on every
+forward pass, so generating an answer decodes the whole model once per token (notebook 04).
 """
 from __future__ import annotations
 
@@ -177,11 +181,9 @@ def resume_point(output_dir: str | Path, cfg: recipe.TrainConfig, resume: bool) 
     return start
 
 
-def merge_4bit(adapter_dir: str | Path, cfg: recipe.TrainConfig,
-               dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Dense model (in `dtype`, on cfg.device) = dequantize(4-bit base) + merged adapter."""
-    from peft import PeftModel
-
+def dequantized_base(cfg: recipe.TrainConfig, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Dense model (in `dtype`, on cfg.device) whose linear weights are dequant_NF4(W_4bit): the
+    values cfg's 4-bit base computes with, decoded once instead of on every forward pass."""
     bnb = models.import_bitsandbytes()
     q = models.load_model(cfg.model, bits=4, quant_type=cfg.quant_type, double_quant=cfg.double_quant,
                           dtype=torch.float32, device=cfg.device)  # fresh: no inference pass repacked it
@@ -194,4 +196,12 @@ def merge_4bit(adapter_dir: str | Path, cfg: recipe.TrainConfig,
             n += 1
     assert n > 0, "no Linear4bit found in the 4-bit base"
     del q
-    return PeftModel.from_pretrained(dense, str(adapter_dir)).merge_and_unload().eval()
+    return dense.eval()
+
+
+def merge_4bit(adapter_dir: str | Path, cfg: recipe.TrainConfig,
+               dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Dense model (in `dtype`, on cfg.device) = dequantize(4-bit base) + merged adapter."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(dequantized_base(cfg, dtype), str(adapter_dir)).merge_and_unload().eval()

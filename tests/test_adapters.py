@@ -103,3 +103,27 @@ def test_merge_4bit_equals_adapter_on_4bit_base(embedded_ready, tmp_path):
     assert not any("lora" in n for n, _ in merged.named_parameters())
     assert (want - plain).abs().max() > 0.1  # the adapter changes the outputs...
     assert (want - got).abs().max() < 2e-3   # ...and the merged dense model reproduces them
+
+
+def test_dequantized_base_computes_what_the_4bit_base_computes(embedded_ready):
+    """Notebook 04 scores its trained model on this dense copy on a CPU: it must give the 4-bit
+    base's logits (fp32 compute: rounding only) and the same greedy answers."""
+    from peftlab import evaluate, models
+
+    records = data.validate_file(data.task_path("orders", "test"))[:3]
+    cfg = recipe.recipe(method="qlora", compute_dtype="fp32")
+    q = models.load_model(cfg.model, bits=4, quant_type=cfg.quant_type, double_quant=cfg.double_quant,
+                          dtype=torch.float32, device=cfg.device)
+    dense = adapters.dequantized_base(cfg)
+    bnb = models.import_bitsandbytes()
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in dense.modules())
+    tok = models.load_tokenizer(cfg.model)
+    batch = data.Collator(tok.pad_token_id)([data.encode(tok, r) for r in records])
+    with torch.no_grad():
+        want = q(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        got = dense(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        full = models.load_model(cfg.model, dtype=torch.float32)(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert (want - full).abs().max() > 0.1   # 4-bit differs from the original weights...
+    assert (want - got).abs().max() < 2e-3   # ...and the dense copy reproduces the 4-bit base
+    assert evaluate.generate(dense, tok, records, max_new_tokens=8) == evaluate.generate(q, tok, records, max_new_tokens=8)
