@@ -64,7 +64,9 @@ def run_as_avx2(argv: list[str]) -> int:
     fake.write_text(re.sub(r" (avx512\w*|amx\w*)", "", text))
     shim = str(ROOT / "benchmarks" / "avx2_only")
     env = dict(os.environ, **AVX2_ENV, PYTHONPATH=os.pathsep.join(p for p in (shim, os.environ.get("PYTHONPATH")) if p))
-    script = 'mount --bind "$0" /proc/cpuinfo && exec "$@"'
+    script = ('mount --bind "$0" /proc/cpuinfo 2>/dev/null || { echo "--as-avx2: cannot bind-mount /proc/cpuinfo in a '
+              'private mount namespace here (a container without CAP_SYS_ADMIN?); time this CPU as it is" >&2; exit 3; }; '
+              'exec "$@"')
     try:
         return subprocess.run(["unshare", "-m", "sh", "-c", script, str(fake), sys.executable, __file__, *argv],
                               env=env).returncode
@@ -115,6 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", default=None, help="folder to save the executed notebooks in (with outputs)")
     ap.add_argument("--out", default=None, help="results file (default results/notebook_times_<profile>.json)")
     ap.add_argument("--as-avx2", action="store_true", help="time as an AVX2-only CPU (on an AVX-512 machine; root)")
+    ap.add_argument("--probe", action="store_true", help="print what this process sees (CPU flags, torch's "
+                    "kernels, bitsandbytes' AVX512-BF16 check, the profile's dtype) as JSON and run nothing")
     a = ap.parse_args(argv)
     emulated = os.environ.get("PEFTLAB_AVX2_EMULATION") == "1"
     if a.as_avx2 and not emulated:
@@ -125,6 +129,14 @@ def main(argv=None) -> int:
         if not paths:
             raise SystemExit(f"no notebook matches {a.which}: give two-digit numbers such as 04 06")
     info = cpu_info()
+    if a.probe:
+        import torch
+        from bitsandbytes.functional import has_avx512bf16
+
+        from peftlab import settings
+        print(json.dumps(dict(info, torch_capability=torch.backends.cpu.get_cpu_capability(),
+                              bnb_avx512bf16=bool(has_avx512bf16()), cpu_compute_dtype=settings.resolve("cpu").compute_dtype)))
+        return 0
     print(f"CPU: {info['model']} · {info['cores']} cores · AVX2 {info['avx2']} · AVX-512 {info['avx512f']} · "
           f"AVX512-BF16 {info['avx512_bf16']} · AMX {info['amx']}"
           + (f" · AVX2 EMULATION: {info['avx2_emulation']}, torch {AVX2_ENV['ATEN_CPU_CAPABILITY']}" if emulated else ""))
